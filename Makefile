@@ -1,0 +1,40 @@
+# Every target sets up .venv on first use, so a fresh clone needs nothing but Python 3.11.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PORT ?= 5000
+TRACKING_URI ?= $(or $(MLFLOW_TRACKING_URI),sqlite:///mlflow.db)
+
+.PHONY: install train test test-fast lint format ui clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch/torchvision are pinned in pyproject.toml; pip takes them from local disk here.
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install transferlab (editable) with its dev tools
+
+train: $(STAMP)  ## the embedded default study: source -> target transfer vs scratch, offline
+	$(VENV)/bin/transferlab-train -cn digits_transfer $(ARGS)
+
+test: $(STAMP)  ## the whole suite (real training, real MLflow stores in temp dirs)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)  ## everything but the subprocess runs
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+ui: $(STAMP)  ## the MLflow UI on 127.0.0.1 over the store `make train` writes
+	$(VENV)/bin/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(PORT)
+
+clean:  ## run outputs (keeps .venv and the MLflow store)
+	rm -rf outputs multirun lightning_logs .pytest_cache

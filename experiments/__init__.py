@@ -1,0 +1,1 @@
+"""Studies: configs that compose conf/'s building blocks (`transferlab-train -cn NAME`)."""

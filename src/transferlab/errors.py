@@ -1,0 +1,17 @@
+"""User-facing errors: one clear line, no traceback."""
+
+from hydra.errors import CompactHydraException
+
+
+class UserError(CompactHydraException):
+    """Bad input from the user: a config value, a path, a weights file.
+
+    Hydra prints a CompactHydraException as its message alone, without a traceback, so
+    the message must name the bad value and what would be accepted.
+    """
+
+
+def one_of(values) -> str:
+    """Formats accepted values for an error message: 'a, b or c'."""
+    values = [str(v) for v in values]
+    return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " or " + values[-1]

@@ -1,0 +1,286 @@
+"""The flow of a run: build the parts from the config, fit, test with the best checkpoint,
+record everything in MLflow, and return the objective.
+
+With a `source` stage the backbone is first trained on the source task (an MLflow run of
+its own, reused while its config is unchanged), then transferred. With `compare_scratch`
+the same model is also trained from scratch on the target data, as the baseline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from mlflow.artifacts import download_artifacts
+from omegaconf import DictConfig, OmegaConf
+
+from transferlab.data.module import TransferDataModule
+from transferlab.errors import UserError, one_of
+from transferlab.finetune.freezing import check_fits_backbone
+from transferlab.models.heads import build_head
+from transferlab.module import TransferModule
+from transferlab.tracking.artifacts import write_test_artifacts
+from transferlab.tracking.environment import device_name, environment_tags
+from transferlab.tracking.lightning_logger import TrackedRunLogger
+from transferlab.tracking.mlflow_run import Tracker, TrackedRun, tracking_uri
+
+GROUPS = ("backbone", "dataset", "head", "freeze", "optimizer", "scheduler", "trainer", "source")
+# Keys that say where results go, not what is computed: left out of the source-reuse key.
+BOOKKEEPING_KEYS = ("output_dir", "tracking", "experiment_name", "optimize_metric", "compare_scratch")
+SOURCE_WEIGHTS = "backbone.pt"
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Lightning 2.6 on torch 2.14 warns about its own use of a torch API; nothing a user can act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+@dataclass
+class StageResult:
+    role: str
+    run_id: str
+    run_name: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def run_experiment(cfg: DictConfig) -> float:
+    cfg = _resolved(cfg)
+    tracker = Tracker(tracking_uri(cfg.tracking.uri), cfg.experiment_name)
+    choices = group_choices()
+    target_cfg, tags = cfg, {}
+    if cfg.source:
+        weights, source_run_id = pretrain_source(cfg, tracker, choices)
+        target_cfg = _with(cfg, {"backbone": {"weights": None, "weights_path": str(weights)}})
+        tags["transferlab.source_run_id"] = source_run_id
+    results = []
+    if cfg.compare_scratch:
+        results.append(run_stage(scratch_config(cfg), tracker, _scratch(choices), "scratch"))
+        tags["transferlab.baseline_run_id"] = results[0].run_id
+    role = "transfer" if cfg.source else "finetune"
+    main = run_stage(target_cfg, tracker, choices, role, tags, baseline=next(iter(results), None))
+    results.insert(0, main)
+    print_summary(results, tracker)
+    return objective(main, cfg.optimize_metric)
+
+
+def run_stage(
+    cfg: DictConfig,
+    tracker: Tracker,
+    choices: dict[str, str],
+    role: str,
+    tags: dict[str, str] | None = None,
+    baseline: StageResult | None = None,
+) -> StageResult:
+    """One MLflow run: build, fit, test with the best checkpoint, record."""
+    name = run_name(cfg, choices, role)
+    all_tags = {"transferlab.role": role, **environment_tags(device_name(cfg.trainer.accelerator))}
+    with tracker.start_run(name, {**all_tags, **(tags or {})}) as run:
+        stage_dir = Path(cfg.output_dir) / role
+        log_config(run, cfg, choices, role, stage_dir)
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        backbone = instantiate(cfg.backbone)
+        check_fits_backbone(cfg.freeze, backbone.num_stages, backbone.name)
+        data = TransferDataModule(cfg.dataset, backbone.preprocessing, cfg.loader)
+        data.setup()
+        head = build_head(in_features=backbone.feature_dim, num_classes=data.num_classes, **cfg.head)
+        module = TransferModule(
+            backbone, head, cfg.freeze, cfg.optimizer, cfg.scheduler, data.num_classes
+        )
+        trainer = instantiate(
+            cfg.trainer,
+            callbacks=[instantiate(c) for c in cfg.callbacks.values()],
+            logger=TrackedRunLogger(run),
+            default_root_dir=str(stage_dir),
+            enable_progress_bar="progress_bar" in cfg.callbacks,
+        )
+        trainer.fit(module, datamodule=data)
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(module, datamodule=data, ckpt_path=best or None, verbose=False)
+        metrics = final_metrics(trainer)
+        summary = {f"{k}_best": v for k, v in best_scores(trainer).items()}
+        if baseline is not None:
+            summary.update(compare_with(metrics, baseline))
+        run.log_metrics(summary)
+        metrics.update(summary)
+        record_artifacts(run, module, data, best, stage_dir, role)
+        return StageResult(role, run.run_id, name, metrics)
+
+
+def pretrain_source(cfg: DictConfig, tracker: Tracker, choices: dict[str, str]):
+    """Trains the backbone on the source task, or reuses the run that already did."""
+    source_cfg = source_config(cfg)
+    key = config_key(source_cfg)
+    run_id = tracker.find_finished_run("transferlab.source_key", key)
+    if run_id is None:
+        stage = run_stage(source_cfg, tracker, _scratch(choices), "source", {"transferlab.source_key": key})
+        run_id = stage.run_id
+    else:
+        print(f"Reusing source run {run_id} (its config is unchanged).")
+    target = Path(cfg.output_dir) / "source_weights"
+    target.mkdir(parents=True, exist_ok=True)
+    path = download_artifacts(
+        run_id=run_id, artifact_path=SOURCE_WEIGHTS, dst_path=str(target), tracking_uri=tracker.uri
+    )
+    return Path(path), run_id
+
+
+# --- derived configs -------------------------------------------------------------------
+
+
+def source_config(cfg: DictConfig) -> DictConfig:
+    """The run's config with the source task merged in."""
+    return OmegaConf.merge(_single_full_finetune(cfg), cfg.source)
+
+
+def scratch_config(cfg: DictConfig) -> DictConfig:
+    """The same model on the same target data, from random weights."""
+    return _with(_single_full_finetune(cfg), {"backbone": {"weights": None, "weights_path": None}})
+
+
+def _single_full_finetune(cfg: DictConfig) -> DictConfig:
+    """A copy that runs one stage alone (no source, no baseline) with every stage training."""
+    single = cfg.copy()
+    single.source = {}
+    single.compare_scratch = False
+    single.freeze = {"name": "none"}
+    return single
+
+
+def config_key(cfg: DictConfig) -> str:
+    """Identifies what a config computes (not where it is written)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for key in BOOKKEEPING_KEYS:
+        container.pop(key, None)
+    return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(container)).encode()).hexdigest()[:16]
+
+
+def _with(cfg: DictConfig, updates: dict[str, Any]) -> DictConfig:
+    return OmegaConf.merge(cfg, updates)
+
+
+def _resolved(cfg: DictConfig) -> DictConfig:
+    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+
+
+def _scratch(choices: dict[str, str]) -> dict[str, str]:
+    return {**choices, "freeze": "none"} if choices else choices
+
+
+# --- recording -------------------------------------------------------------------------
+
+
+def group_choices() -> dict[str, str]:
+    """Which file of each config group was picked (empty outside a Hydra app)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    choices = HydraConfig.get().runtime.choices
+    return {g: str(choices[g]) for g in GROUPS if g in choices}
+
+
+def run_name(cfg: DictConfig, choices: dict[str, str], role: str) -> str:
+    backbone = choices.get("backbone", cfg.backbone.get("arch", "backbone"))
+    if role in ("source", "scratch"):
+        return f"{backbone}-{role}"
+    freeze = choices.get("freeze", cfg.freeze.name)
+    optimizer = choices.get("optimizer", cfg.optimizer._target_.rsplit(".", 1)[-1].lower())
+    return f"{backbone}-{freeze}-{optimizer}"
+
+
+def log_config(run: TrackedRun, cfg: DictConfig, choices: dict, role: str, stage_dir: Path) -> None:
+    """Group choices and every leaf value as params; the full config and overrides as files."""
+    params = {**choices, "role": role, **_flatten(OmegaConf.to_container(cfg, resolve=True))}
+    for key in ("output_dir",):
+        params.pop(key, None)
+    run.log_params(params)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    (stage_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (stage_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(_overrides()))
+    run.log_artifact(stage_dir / "config.yaml")
+    run.log_artifact(stage_dir / "overrides.yaml")
+
+
+def _overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        flat = {}
+        for key, value in tree.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: tree}
+
+
+def final_metrics(trainer: pl.Trainer) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def best_scores(trainer: pl.Trainer) -> dict[str, float]:
+    """The checkpointed (best) value of the monitored metric, e.g. val/acc."""
+    callback = trainer.checkpoint_callback
+    if callback is None or callback.best_model_score is None:
+        return {}
+    return {callback.monitor: float(callback.best_model_score)}
+
+
+def compare_with(metrics: dict[str, float], baseline: StageResult) -> dict[str, float]:
+    compared = {f"scratch/{k}": v for k, v in baseline.metrics.items() if k.startswith("test/")}
+    if "test/acc" in metrics and "test/acc" in baseline.metrics:
+        compared["scratch/test/acc_gain"] = metrics["test/acc"] - baseline.metrics["test/acc"]
+    return compared
+
+
+def record_artifacts(
+    run: TrackedRun, module: TransferModule, data: TransferDataModule, best: str, stage_dir: Path, role: str
+) -> None:
+    predictions = torch.cat(module.test_predictions).numpy()
+    targets = torch.cat(module.test_targets).numpy()
+    for path in write_test_artifacts(predictions, targets, data.class_names, stage_dir / "test"):
+        run.log_artifact(path, "test")
+    if best:
+        run.log_artifact(best, "checkpoints")
+    weights = stage_dir / SOURCE_WEIGHTS
+    torch.save(module.backbone.source_state_dict(getattr(module.head, "linear", None)), weights)
+    run.log_artifact(weights)
+
+
+def objective(result: StageResult, metric: str) -> float:
+    """The checkpointed best of `metric` when it is the monitored one, else its final value."""
+    for key in (f"{metric}_best", metric):
+        if key in result.metrics:
+            return result.metrics[key]
+    raise UserError(f"optimize_metric={metric!r} was not logged; use {one_of(sorted(result.metrics))}")
+
+
+def print_summary(results: list[StageResult], tracker: Tracker) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="transferlab results (target test set)")
+    for column in ("role", "run", "test/acc", "test/loss", "run id"):
+        table.add_column(column)
+    for r in results:
+        acc, loss = r.metrics.get("test/acc", np.nan), r.metrics.get("test/loss", np.nan)
+        table.add_row(r.role, r.run_name, f"{acc:.4f}", f"{loss:.4f}", r.run_id)
+    console = Console()
+    console.print(table)
+    main = results[0]
+    if "scratch/test/acc" in main.metrics:
+        gain = main.metrics["scratch/test/acc_gain"]
+        console.print(
+            f"{main.role} vs scratch, test accuracy: {main.metrics['test/acc']:.4f} vs "
+            f"{main.metrics['scratch/test/acc']:.4f} ({gain:+.4f})"
+        )
+    console.print(f"MLflow ({tracker.uri}): `make ui`, then {tracker.runs_page_url()}")

@@ -1,0 +1,96 @@
+"""The MLflow run life cycle: created before any work, always ended with a final status.
+
+A run is FINISHED on success, FAILED (with the error as a tag) on any exception, KILLED on
+Ctrl-C; never left RUNNING. Metrics go out in batches (one request per Lightning log call).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+MAX_PARAM_VALUE = 6000  # MLflow's limit
+BATCH = 100  # MLflow accepts at most 100 params per log_batch
+
+
+def tracking_uri(configured: str | None) -> str:
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+class Tracker:
+    """One experiment in one store; hands out runs."""
+
+    def __init__(self, uri: str, experiment_name: str):
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        experiment = self.client.get_experiment_by_name(experiment_name)
+        if experiment is None:
+            self.experiment_id = self.client.create_experiment(
+                experiment_name, tags={"mlflow.experimentKind": "custom_model_development"}
+            )
+        else:
+            self.experiment_id = experiment.experiment_id
+
+    def start_run(self, name: str, tags: Mapping[str, str]) -> TrackedRun:
+        return TrackedRun(self.client, self.experiment_id, name, tags)
+
+    def find_finished_run(self, tag: str, value: str) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{tag}` = '{value}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
+
+    def runs_page_url(self, host: str = "http://127.0.0.1:5000") -> str:
+        return f"{host}/#/experiments/{self.experiment_id}/runs"
+
+
+class TrackedRun:
+    """A context manager around one MLflow run; its exit sets the final status."""
+
+    def __init__(self, client: MlflowClient, experiment_id: str, name: str, tags: Mapping[str, str]):
+        self.client = client
+        run = client.create_run(experiment_id, run_name=name, tags=dict(tags))
+        self.run_id = run.info.run_id
+        self.name = name
+
+    def __enter__(self) -> TrackedRun:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            status = "FINISHED"
+        elif issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
+            status = "KILLED"
+        else:
+            status = "FAILED"
+            self.set_tags({"error": f"{exc_type.__name__}: {exc}"[:MAX_PARAM_VALUE]})
+        self.client.set_terminated(self.run_id, status)
+        return False
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        items = [Param(k, str(v)[:MAX_PARAM_VALUE]) for k, v in params.items()]
+        for start in range(0, len(items), BATCH):
+            self.client.log_batch(self.run_id, params=items[start : start + BATCH])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        items = [RunTag(k, str(v)[:MAX_PARAM_VALUE]) for k, v in tags.items()]
+        self.client.log_batch(self.run_id, tags=items)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for start in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[start : start + 1000])
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)

@@ -1,0 +1,58 @@
+"""Things the tests write or plug in: image trees, a user's own backbone, a callback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+from PIL import Image
+from torch import nn
+
+from transferlab.data.transforms import Preprocessing
+from transferlab.models.backbones import Backbone
+
+
+def write_image_folder(root: Path, classes: dict[str, int], size: int = 12, seed: int = 0) -> Path:
+    """root/<class>/<i>.png: each class a distinct brightness pattern, learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    for index, (name, count) in enumerate(classes.items()):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            image = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+            image[:, index * 3 : index * 3 + 3] = 250  # a class-specific bright stripe
+            Image.fromarray(image).save(root / name / f"{i}.png")
+    return root
+
+
+def tiny_backbone(width: int = 8) -> Backbone:
+    """A user's own backbone, built by a function named in `backbone._target_`."""
+    network = nn.Sequential()
+    network.add_module("stem", nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU()))
+    network.add_module("pool", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+    network.add_module("fc", nn.Linear(width, 10))
+    return Backbone(network, "fc", [["stem"]], Preprocessing(input_size=None), name="tiny")
+
+
+class UserDigits:
+    """A user's own dataset class: the digits, read through the bundled loader."""
+
+    def __init__(self, scale: float = 1.0):
+        self.scale = scale
+
+    def load(self, preprocessing):
+        from transferlab.data.datasets import Digits
+
+        return Digits().load(preprocessing)
+
+
+class InterruptAfterFirstEpoch(pl.Callback):
+    """Stands in for a user's Ctrl-C during training."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        raise KeyboardInterrupt
+
+
+class FailAfterFirstEpoch(pl.Callback):
+    def on_train_epoch_end(self, trainer, pl_module):
+        raise RuntimeError("disk on fire")
