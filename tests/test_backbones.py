@@ -9,8 +9,8 @@ import torch
 import torchvision
 from torch import nn
 
-from transferlab.models.backbones import ARCHITECTURES, Backbone, build_backbone
 from transferlab.errors import UserError
+from transferlab.models.backbones import ARCHITECTURES, Backbone, build_backbone
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
@@ -31,7 +31,9 @@ def test_weights_path_loads_a_torchvision_state_dict(tmp_path):
     torch.save(source.state_dict(), path)
     backbone = build_backbone("resnet18", weights_path=str(path))
     assert torch.equal(backbone.network.conv1.weight, source.conv1.weight)
-    assert torch.equal(backbone.network.layer4[1].bn2.running_mean, source.layer4[1].bn2.running_mean)
+    assert torch.equal(
+        backbone.network.layer4[1].bn2.running_mean, source.layer4[1].bn2.running_mean
+    )
     # the source classifier (7 classes here) is kept, frozen, as the source head
     assert torch.equal(backbone.source_head.weight, source.fc.weight)
     assert not backbone.source_head.weight.requires_grad
@@ -85,7 +87,11 @@ def test_pickled_payload_is_refused_and_never_runs(tmp_path, monkeypatch):
 
 
 def test_unknown_weights_name_lists_the_real_ones():
-    with pytest.raises(UserError, match=r"weights='IMAGENET9K' does not exist for resnet50; use IMAGENET1K_V1, IMAGENET1K_V2 or DEFAULT"):
+    with pytest.raises(
+        UserError,
+        match=r"weights='IMAGENET9K' does not exist for resnet50; "
+        r"use IMAGENET1K_V1, IMAGENET1K_V2 or DEFAULT",
+    ):
         build_backbone("resnet50", weights="IMAGENET9K")
 
 
@@ -119,11 +125,18 @@ def test_preprocessing_follows_the_weights_metadata_and_input_size_override(tmp_
 
 def test_a_user_backbone_is_just_a_backbone():
     network = nn.Sequential()
-    network.add_module("body", nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+    network.add_module(
+        "body", nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    )
     network.add_module("fc", nn.Linear(4, 2))
     from transferlab.data.transforms import Preprocessing
 
     backbone = Backbone(network, "fc", [["body.0"]], Preprocessing(input_size=None), "mine")
     assert backbone.feature_dim == 4
     with pytest.raises(UserError, match="every parameter must be in exactly one stage"):
-        Backbone(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, 2)), "2", [], Preprocessing())
+        Backbone(
+            nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, 2)),
+            "2",
+            [],
+            Preprocessing(),
+        )

@@ -75,7 +75,10 @@ def test_unknown_group_option_names_the_accepted_ones(make_config):
         ("loader.batch_size=0", "loader.batch_size=0 must be > 0"),
         ("loader.batch_size=2.5", "loader.batch_size=2.5 must be a whole number"),
         ("trainer.max_epochs=-3", "trainer.max_epochs=-3 must be > 0"),
-        ("freeze.name=sideways", "freeze.name='sideways' is unknown; use none, linear_probe or partial"),
+        (
+            "freeze.name=sideways",
+            "freeze.name='sideways' is unknown; use none, linear_probe or partial",
+        ),
         ("freeze=partial freeze.k=-1", "freeze.k=-1 must be a whole number >= 0"),
         ("+freeze.k=2", "freeze=none does not take k"),
         ("dataset.train_per_class=0", "dataset.train_per_class=0 must be a whole number >= 1"),

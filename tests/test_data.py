@@ -43,7 +43,10 @@ def test_split_is_stratified_disjoint_and_fixed_by_its_own_seed():
     for part in (splits.train, splits.val, splits.test):
         share = np.bincount(labels(part)) / len(part)
         assert np.all(np.abs(share - 0.1) < 0.02)
-    rows = {p: {tuple(x.flatten().tolist()) for x in getattr(splits, p).dataset.tensors[0][:200]} for p in ("val", "test")}
+    rows = {
+        p: {tuple(x.flatten().tolist()) for x in getattr(splits, p).dataset.tensors[0][:200]}
+        for p in ("val", "test")
+    }
     assert not rows["val"] & rows["test"]
     again = digits_task(val_fraction=0.2, test_fraction=0.3, split_seed=0)
     other = digits_task(val_fraction=0.2, test_fraction=0.3, split_seed=1)
@@ -61,9 +64,13 @@ def test_class_subset_is_relabelled_in_the_given_order_and_few_shot_train():
 
 
 def test_unknown_class_and_too_few_images_are_clear_errors():
-    with pytest.raises(UserError, match=r"dataset.classes has 12, which is not a class; use indices 0 to 9"):
+    with pytest.raises(
+        UserError, match=r"dataset.classes has 12, which is not a class; use indices 0 to 9"
+    ):
         digits_task(classes=[1, 12])
-    with pytest.raises(UserError, match=r"dataset.train_per_class=500 but class 0 has only \d+ training images"):
+    with pytest.raises(
+        UserError, match=r"dataset.train_per_class=500 but class 0 has only \d+ training images"
+    ):
         digits_task(train_per_class=500)
 
 
@@ -106,7 +113,9 @@ def test_image_folder_root_problems(tmp_path, layout, expected):
 
 
 def test_cifar_absent_offline_is_a_clear_error(tmp_path):
-    with pytest.raises(UserError, match=r"cifar10 was not found under dataset.root=.*dataset.download=true"):
+    with pytest.raises(
+        UserError, match=r"cifar10 was not found under dataset.root=.*dataset.download=true"
+    ):
         Cifar("cifar10", str(tmp_path)).load(Preprocessing(input_size=32))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from mlflow.artifacts import download_artifacts
@@ -37,17 +39,26 @@ def test_a_run_records_params_metrics_artifacts_and_tags(train, runs, client, tr
     assert objective == metrics["val/acc_best"]
     assert [step for step, _ in metric_history(client, run, "val/acc")] == [0, 1]
     tags = run.data.tags
-    for key in ("mlflow.source.git.commit", "git.dirty", "command", "device", "version.torch",
-                "version.torchvision", "version.pytorch-lightning", "version.hydra-core",
-                "version.mlflow"):
+    for key in (
+        "mlflow.source.git.commit",
+        "git.dirty",
+        "command",
+        "device",
+        "version.torch",
+        "version.torchvision",
+        "version.pytorch-lightning",
+        "version.hydra-core",
+        "version.mlflow",
+    ):
         assert key in tags, key
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "overrides.yaml", "checkpoints", "test", "backbone.pt"} <= artifacts
     test_files = {a.path for a in client.list_artifacts(run.info.run_id, "test")}
     assert test_files == {"test/confusion_matrix.png", "test/per_class_report.txt"}
-    report = download_artifacts(run_id=run.info.run_id, artifact_path="test/per_class_report.txt",
-                                tracking_uri=tracking_uri)
-    assert "precision" in open(report).read()
+    report = download_artifacts(
+        run_id=run.info.run_id, artifact_path="test/per_class_report.txt", tracking_uri=tracking_uri
+    )
+    assert "precision" in Path(report).read_text()
 
 
 def test_same_config_and_seed_give_identical_metrics(train, runs):
@@ -62,8 +73,9 @@ def test_linear_probe_changes_only_the_head(train, runs, tracking_uri):
     train("freeze=linear_probe")
     run = only_run(runs)
     ckpt = torch.load(
-        download_artifacts(run_id=run.info.run_id, artifact_path="checkpoints/best.ckpt",
-                           tracking_uri=tracking_uri),
+        download_artifacts(
+            run_id=run.info.run_id, artifact_path="checkpoints/best.ckpt", tracking_uri=tracking_uri
+        ),
         weights_only=True,
     )["state_dict"]
     for key, value in initial_small_cnn().items():
@@ -101,7 +113,14 @@ def test_every_scheduler_trains_and_logs_its_rate(train, runs, client, scheduler
 
 def test_image_folder_run_end_to_end(train, runs, tmp_path):
     root = write_image_folder(tmp_path / "imgs", {"a": 12, "b": 12, "c": 12})
-    train("dataset=image_folder", f"dataset.root={root}", "backbone.input_size=12", "trainer.max_epochs=3")
+    train(
+        "dataset=image_folder",
+        f"dataset.root={root}",
+        "backbone.input_size=12",
+        "loader.batch_size=16",
+        "loader.epoch_samples=128",
+        "trainer.max_epochs=3",
+    )
     run = only_run(runs)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["test/acc"] > 0.5  # three easy classes, chance is 1/3
@@ -139,10 +158,12 @@ def test_user_config_dir_and_own_backbone_and_dataset(train, runs, tmp_path):
     conf = tmp_path / "myconf"
     (conf / "backbone").mkdir(parents=True)
     (conf / "dataset").mkdir()
-    (conf / "backbone" / "tiny.yaml").write_text("_target_: tests.helpers.tiny_backbone\nwidth: 6\n")
+    (conf / "backbone" / "tiny.yaml").write_text(
+        "_target_: tests.helpers.tiny_backbone\nwidth: 6\n"
+    )
     (conf / "dataset" / "my_digits.yaml").write_text(
-        "_target_: tests.helpers.UserDigits\nscale: 2.0\nclasses: [0, 1, 2]\ntrain_per_class: null\n"
-        "val_fraction: 0.2\ntest_fraction: 0.2\nsplit_seed: 0\n"
+        "_target_: tests.helpers.UserDigits\nscale: 2.0\nclasses: [0, 1, 2]\n"
+        "train_per_class: null\nval_fraction: 0.2\ntest_fraction: 0.2\nsplit_seed: 0\n"
     )
     train(f"hydra.searchpath=[file://{conf}]", "backbone=tiny", "dataset=my_digits")
     run = only_run(runs)

@@ -42,7 +42,9 @@ def _number(cfg: DictConfig, key: str, kind: type):
     value = OmegaConf.select(cfg, key)
     is_bool = isinstance(value, bool)
     if is_bool or not isinstance(value, (int, float) if kind is float else int):
-        raise UserError(f"{key}={value!r} must be a {'number' if kind is float else 'whole number'}")
+        raise UserError(
+            f"{key}={value!r} must be a {'number' if kind is float else 'whole number'}"
+        )
     return value
 
 

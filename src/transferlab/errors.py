@@ -15,3 +15,17 @@ def one_of(values) -> str:
     """Formats accepted values for an error message: 'a, b or c'."""
     values = [str(v) for v in values]
     return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " or " + values[-1]
+
+
+def instantiate(node, **kwargs):
+    """hydra.utils.instantiate, but a UserError raised by the target reaches the user as
+    itself: Hydra wraps every error in a message about the call."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, UserError):
+            raise err.__cause__ from None
+        raise

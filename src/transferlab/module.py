@@ -32,7 +32,10 @@ class TransferModule(pl.LightningModule):
         self.criterion = nn.CrossEntropyLoss()
         # ModuleDict keys may not shadow Module attributes such as .train: hence "<split>_acc".
         self.accuracy = nn.ModuleDict(
-            {f"{split}_acc": MulticlassAccuracy(num_classes, average="micro") for split in ("train", "val", "test")}
+            {
+                f"{split}_acc": MulticlassAccuracy(num_classes, average="micro")
+                for split in ("train", "val", "test")
+            }
         )
         self.test_predictions: list[torch.Tensor] = []
         self.test_targets: list[torch.Tensor] = []

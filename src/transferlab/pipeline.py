@@ -9,6 +9,7 @@ the same model is also trained from scratch on the target data, as the baseline.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -18,26 +19,34 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from mlflow.artifacts import download_artifacts
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ProgressBar
 
 from transferlab.data.module import TransferDataModule
-from transferlab.errors import UserError, one_of
+from transferlab.errors import UserError, instantiate, one_of
 from transferlab.finetune.freezing import check_fits_backbone
 from transferlab.models.heads import build_head
 from transferlab.module import TransferModule
 from transferlab.tracking.artifacts import write_test_artifacts
 from transferlab.tracking.environment import device_name, environment_tags
 from transferlab.tracking.lightning_logger import TrackedRunLogger
-from transferlab.tracking.mlflow_run import Tracker, TrackedRun, tracking_uri
+from transferlab.tracking.mlflow_run import TrackedRun, Tracker, tracking_uri
 
 GROUPS = ("backbone", "dataset", "head", "freeze", "optimizer", "scheduler", "trainer", "source")
 # Keys that say where results go, not what is computed: left out of the source-reuse key.
-BOOKKEEPING_KEYS = ("output_dir", "tracking", "experiment_name", "optimize_metric", "compare_scratch")
+BOOKKEEPING_KEYS = (
+    "output_dir",
+    "tracking",
+    "experiment_name",
+    "optimize_metric",
+    "compare_scratch",
+)
 SOURCE_WEIGHTS = "backbone.pt"
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Lightning's INFO lines (accelerator banners, tips, checkpoint restores) drown the results.
+logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
 # Lightning 2.6 on torch 2.14 warns about its own use of a torch API; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
@@ -52,6 +61,7 @@ class StageResult:
 
 def run_experiment(cfg: DictConfig) -> float:
     cfg = _resolved(cfg)
+    check_accelerator(cfg.trainer.accelerator)
     tracker = Tracker(tracking_uri(cfg.tracking.uri), cfg.experiment_name)
     choices = group_choices()
     target_cfg, tags = cfg, {}
@@ -84,22 +94,8 @@ def run_stage(
     with tracker.start_run(name, {**all_tags, **(tags or {})}) as run:
         stage_dir = Path(cfg.output_dir) / role
         log_config(run, cfg, choices, role, stage_dir)
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        backbone = instantiate(cfg.backbone)
-        check_fits_backbone(cfg.freeze, backbone.num_stages, backbone.name)
-        data = TransferDataModule(cfg.dataset, backbone.preprocessing, cfg.loader)
-        data.setup()
-        head = build_head(in_features=backbone.feature_dim, num_classes=data.num_classes, **cfg.head)
-        module = TransferModule(
-            backbone, head, cfg.freeze, cfg.optimizer, cfg.scheduler, data.num_classes
-        )
-        trainer = instantiate(
-            cfg.trainer,
-            callbacks=[instantiate(c) for c in cfg.callbacks.values()],
-            logger=TrackedRunLogger(run),
-            default_root_dir=str(stage_dir),
-            enable_progress_bar="progress_bar" in cfg.callbacks,
-        )
+        module, data = build_module_and_data(cfg)
+        trainer = build_trainer(cfg, TrackedRunLogger(run), stage_dir)
         trainer.fit(module, datamodule=data)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         trainer.test(module, datamodule=data, ckpt_path=best or None, verbose=False)
@@ -113,13 +109,55 @@ def run_stage(
         return StageResult(role, run.run_id, name, metrics)
 
 
+def build_module_and_data(cfg: DictConfig) -> tuple[TransferModule, TransferDataModule]:
+    """Seeded first, so the same seed gives the same initial weights."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    backbone = instantiate(cfg.backbone)
+    check_fits_backbone(cfg.freeze, backbone.num_stages, backbone.name)
+    data = TransferDataModule(cfg.dataset, backbone.preprocessing, cfg.loader)
+    data.setup()
+    head = build_head(in_features=backbone.feature_dim, num_classes=data.num_classes, **cfg.head)
+    module = TransferModule(
+        backbone, head, cfg.freeze, cfg.optimizer, cfg.scheduler, data.num_classes
+    )
+    return module, data
+
+
+def build_trainer(cfg: DictConfig, logger: TrackedRunLogger, stage_dir: Path) -> pl.Trainer:
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    return instantiate(
+        cfg.trainer,
+        precision=resolve_precision(cfg.trainer.get("precision")),
+        callbacks=callbacks,
+        logger=logger,
+        default_root_dir=str(stage_dir),
+        enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
+    )
+
+
+def resolve_precision(precision: str | None) -> str | None:
+    """`auto-mixed`: bf16 where the GPU has it (no loss scaling needed), else fp16."""
+    if precision != "auto-mixed":
+        return precision
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def check_accelerator(accelerator: str) -> None:
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"trainer.accelerator={accelerator} but no CUDA GPU is visible; use trainer=cpu"
+        )
+
+
 def pretrain_source(cfg: DictConfig, tracker: Tracker, choices: dict[str, str]):
     """Trains the backbone on the source task, or reuses the run that already did."""
     source_cfg = source_config(cfg)
     key = config_key(source_cfg)
     run_id = tracker.find_finished_run("transferlab.source_key", key)
     if run_id is None:
-        stage = run_stage(source_cfg, tracker, _scratch(choices), "source", {"transferlab.source_key": key})
+        stage = run_stage(
+            source_cfg, tracker, _scratch(choices), "source", {"transferlab.source_key": key}
+        )
         run_id = stage.run_id
     else:
         print(f"Reusing source run {run_id} (its config is unchanged).")
@@ -145,11 +183,13 @@ def scratch_config(cfg: DictConfig) -> DictConfig:
 
 
 def _single_full_finetune(cfg: DictConfig) -> DictConfig:
-    """A copy that runs one stage alone (no source, no baseline) with every stage training."""
+    """A copy that runs one stage alone (no source, no baseline), every layer training at
+    the same rate: there are no pretrained weights to protect."""
     single = cfg.copy()
     single.source = {}
     single.compare_scratch = False
     single.freeze = {"name": "none"}
+    single.optimizer.backbone_lr_mult = 1.0
     return single
 
 
@@ -198,8 +238,7 @@ def run_name(cfg: DictConfig, choices: dict[str, str], role: str) -> str:
 def log_config(run: TrackedRun, cfg: DictConfig, choices: dict, role: str, stage_dir: Path) -> None:
     """Group choices and every leaf value as params; the full config and overrides as files."""
     params = {**choices, "role": role, **_flatten(OmegaConf.to_container(cfg, resolve=True))}
-    for key in ("output_dir",):
-        params.pop(key, None)
+    params.pop("output_dir")  # differs every run; the run's own folder, not a setting
     run.log_params(params)
     stage_dir.mkdir(parents=True, exist_ok=True)
     (stage_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
@@ -243,7 +282,12 @@ def compare_with(metrics: dict[str, float], baseline: StageResult) -> dict[str, 
 
 
 def record_artifacts(
-    run: TrackedRun, module: TransferModule, data: TransferDataModule, best: str, stage_dir: Path, role: str
+    run: TrackedRun,
+    module: TransferModule,
+    data: TransferDataModule,
+    best: str,
+    stage_dir: Path,
+    role: str,
 ) -> None:
     predictions = torch.cat(module.test_predictions).numpy()
     targets = torch.cat(module.test_targets).numpy()
@@ -261,7 +305,9 @@ def objective(result: StageResult, metric: str) -> float:
     for key in (f"{metric}_best", metric):
         if key in result.metrics:
             return result.metrics[key]
-    raise UserError(f"optimize_metric={metric!r} was not logged; use {one_of(sorted(result.metrics))}")
+    raise UserError(
+        f"optimize_metric={metric!r} was not logged; use {one_of(sorted(result.metrics))}"
+    )
 
 
 def print_summary(results: list[StageResult], tracker: Tracker) -> None:

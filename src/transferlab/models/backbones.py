@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from urllib.error import URLError
 
 import torch
@@ -31,7 +31,7 @@ class Architecture:
     build: Callable[[], nn.Module]  # a randomly initialised network with its source classifier
     classifier: str  # dotted path of the final linear layer, replaced by the new head
     stages: Callable[[nn.Module], StagePrefixes]
-    preprocessing: Preprocessing = Preprocessing()  # used when the weights carry none
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)  # when weights carry none
     torchvision_name: str | None = None  # for torchvision's weights registry
     fixed_input_size: bool = False  # True: the network only accepts preprocessing.input_size
 
@@ -146,7 +146,9 @@ def load_weights_file(network: nn.Module, path: str, classifier: str, arch: str)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise UserError(f"backbone.weights_path={path} holds a {type(state).__name__}, not a state dict")
+        raise UserError(
+            f"backbone.weights_path={path} holds a {type(state).__name__}, not a state dict"
+        )
     state = {k.removeprefix("module."): v for k, v in state.items()}
     _fit_classifier_to(network, classifier, state)
     try:
@@ -180,7 +182,9 @@ def _torchvision_weights(arch: str, spec: Architecture, weights: str):
     enum = torchvision.models.get_model_weights(spec.torchvision_name)
     names = [*enum.__members__]
     if weights not in names:
-        raise UserError(f"backbone.weights={weights!r} does not exist for {arch}; use {one_of(names)}")
+        raise UserError(
+            f"backbone.weights={weights!r} does not exist for {arch}; use {one_of(names)}"
+        )
     return enum[weights]
 
 
@@ -189,10 +193,13 @@ def _download(arch: str, weights_enum) -> dict:
     try:
         return weights_enum.get_state_dict(progress=False, check_hash=True)
     except (URLError, OSError, RuntimeError) as err:
-        expected = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights_enum.url))
+        expected = os.path.join(
+            torch.hub.get_dir(), "checkpoints", os.path.basename(weights_enum.url)
+        )
         raise UserError(
             f"could not download {arch} weights {weights_enum.name} ({err.__class__.__name__}: "
-            f"offline?); put the file at {expected} or pass backbone.weights_path=/path/to/state_dict.pth"
+            f"offline?); put the file at {expected} "
+            "or pass backbone.weights_path=/path/to/state_dict.pth"
         ) from err
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # headless: runs on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import classification_report, confusion_matrix  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import classification_report, confusion_matrix
 
 
 def write_test_artifacts(
@@ -34,7 +34,9 @@ def _plot_confusion_matrix(matrix: np.ndarray, names: list[str], path: Path) -> 
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
     ticks = range(len(names))
-    ax.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="true", title="Test confusion matrix")
+    ax.set(
+        xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="true", title="Test confusion matrix"
+    )
     ax.set_xticklabels(names, rotation=90 if len(names) > 10 else 0)
     ax.set_yticklabels(names)
     if len(names) <= 20:

@@ -57,7 +57,9 @@ class Tracker:
 class TrackedRun:
     """A context manager around one MLflow run; its exit sets the final status."""
 
-    def __init__(self, client: MlflowClient, experiment_id: str, name: str, tags: Mapping[str, str]):
+    def __init__(
+        self, client: MlflowClient, experiment_id: str, name: str, tags: Mapping[str, str]
+    ):
         self.client = client
         run = client.create_run(experiment_id, run_name=name, tags=dict(tags))
         self.run_id = run.info.run_id
