@@ -3,11 +3,9 @@ Hydra's compose API and run in-process (a new Python process costs ~10 s here)."
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -71,10 +69,10 @@ def make_config(tmp_path, tracking_uri, experiment) -> Callable[..., DictConfig]
 @pytest.fixture
 def train(make_config) -> Callable[..., float]:
     """Runs the real task function (validation included) on a composed config."""
-    from transferlab.train import main
+    from transferlab.train import run as run_task
 
     def run(*overrides: str, config_name: str = "train") -> float:
-        return main(make_config(*FAST, *overrides, config_name=config_name))
+        return run_task(make_config(*FAST, *overrides, config_name=config_name))
 
     return run
 
@@ -89,13 +87,6 @@ def runs_of(client: MlflowClient, experiment: str):
 @pytest.fixture
 def runs(client, experiment) -> Callable[[], list]:
     return lambda: runs_of(client, experiment)
-
-
-def python_env(cwd: Path, **extra: str) -> dict[str, str]:
-    """Environment for a real subprocess run of the app."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(extra)
-    return env
 
 
 PYTHON = sys.executable

@@ -54,7 +54,10 @@ def test_bad_input_exits_non_zero_with_one_clear_message_and_no_traceback(tmp_pa
     )
     assert missing.returncode != 0
     assert "Traceback" not in missing.stderr
-    assert f"dataset.root={tmp_path / 'nowhere'} is not a directory" in missing.stderr
+    assert missing.stderr.strip().splitlines()[-1] == (
+        f"error: dataset.root={tmp_path / 'nowhere'} is not a directory; "
+        "pass a folder of class folders"
+    )
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("bad").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]  # recorded, never left RUNNING

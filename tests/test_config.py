@@ -55,7 +55,7 @@ def test_cfg_job_and_config_errors_import_nothing_heavy(tmp_path):
     bad = run_app(tmp_path, "optimizer.lr=-1")
     assert "HEAVY: []" in bad.stdout
     assert "EXIT: 1" in bad.stdout
-    assert "optimizer.lr=-1 must be > 0" in bad.stderr
+    assert bad.stderr.strip() == "error: optimizer.lr=-1 must be > 0"
     assert "Traceback" not in bad.stderr
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from transferlab.train import main
+from transferlab.train import run
 
 
 def test_transfer_beats_scratch_and_the_source_run_is_reused(make_config, runs):
-    main(make_config("~callbacks.progress_bar", config_name="digits_transfer"))
+    run(make_config("~callbacks.progress_bar", config_name="digits_transfer"))
     first = {r.data.tags["transferlab.role"]: r for r in runs()}
     assert set(first) == {"source", "scratch", "transfer"}
     assert all(r.info.status == "FINISHED" for r in first.values())
@@ -17,7 +17,7 @@ def test_transfer_beats_scratch_and_the_source_run_is_reused(make_config, runs):
     assert first["source"].data.params["dataset.classes"] == "[0, 1, 2, 3, 4]"
     assert first["transfer"].data.params["dataset.train_per_class"] == "5"
 
-    main(
+    run(
         make_config(
             "~callbacks.progress_bar", "compare_scratch=false", config_name="digits_transfer"
         )

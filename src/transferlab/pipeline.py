@@ -315,8 +315,9 @@ def print_summary(results: list[StageResult], tracker: Tracker) -> None:
     from rich.table import Table
 
     table = Table(title="transferlab results (target test set)")
-    for column in ("role", "run", "test/acc", "test/loss", "run id"):
+    for column in ("role", "run", "test/acc", "test/loss"):
         table.add_column(column)
+    table.add_column("run id", no_wrap=True)
     for r in results:
         acc, loss = r.metrics.get("test/acc", np.nan), r.metrics.get("test/loss", np.nan)
         table.add_row(r.role, r.run_name, f"{acc:.4f}", f"{loss:.4f}", r.run_id)
