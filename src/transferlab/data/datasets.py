@@ -1,0 +1,115 @@
+"""Datasets: where images come from. Each returns the splits it has of its own.
+
+A dataset is any class with `load(preprocessing) -> DatasetParts`; point `dataset._target_`
+at your own to use it. Carving out the task (held-out splits, a subset of classes, a few
+labels per class) is done for every dataset alike in `transferlab.data.splits`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+from torchvision import datasets as tv_datasets
+
+from transferlab.data.transforms import Preprocessing
+from transferlab.errors import UserError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass
+class LabelledImages:
+    """`dataset[i]` is (image tensor, label); `targets` holds every label, for splitting."""
+
+    dataset: Dataset
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+@dataclass
+class DatasetParts:
+    parts: dict[str, LabelledImages]  # "train" always; "val" / "test" when the dataset has them
+    class_names: list[str]
+
+
+class Digits:
+    """scikit-learn's 8x8 digits: real images that ship with the package, so runs work offline."""
+
+    def load(self, preprocessing: Preprocessing) -> DatasetParts:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images = torch.tensor(digits.images / 16.0, dtype=torch.float32).unsqueeze(1)
+        labels = torch.tensor(digits.target, dtype=torch.long)
+        tensors = TensorDataset(preprocessing.tensor_transform(images), labels)
+        names = [str(n) for n in digits.target_names]
+        return DatasetParts({"train": LabelledImages(tensors, digits.target)}, names)
+
+
+class ImageFolderDataset:
+    """Any root/<class>/<image> tree; root/{train,val,test}/<class>/<image> gives the splits."""
+
+    def __init__(self, root: str):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise UserError(f"dataset.root={root} is not a directory; pass a folder of class folders")
+
+    def load(self, preprocessing: Preprocessing) -> DatasetParts:
+        transform = preprocessing.image_transform()
+        split_dirs = [s for s in SPLIT_NAMES if (self.root / s).is_dir()]
+        if "train" in split_dirs:
+            parts = {s: self._folder(self.root / s, transform) for s in split_dirs}
+            names = {s: p.dataset.classes for s, p in parts.items()}
+            if any(n != names["train"] for n in names.values()):
+                raise UserError(f"dataset.root={self.root}: the splits have different classes: {names}")
+            return DatasetParts(parts, names["train"])
+        whole = self._folder(self.root, transform)
+        return DatasetParts({"train": whole}, whole.dataset.classes)
+
+    def _folder(self, path: Path, transform) -> LabelledImages:
+        classes = [d for d in sorted(path.iterdir()) if d.is_dir() and _has_images(d)]
+        if len(classes) < 2:
+            raise UserError(
+                f"dataset.root={path} has {len(classes)} class folder(s) with images; "
+                "it needs at least 2 (root/<class>/<image>)"
+            )
+        folder = tv_datasets.ImageFolder(str(path), transform=transform, allow_empty=True)
+        return LabelledImages(folder, np.asarray(folder.targets))
+
+
+class Cifar:
+    """torchvision's CIFAR-10 / CIFAR-100 with their official train / test split."""
+
+    VARIANTS = {"cifar10": tv_datasets.CIFAR10, "cifar100": tv_datasets.CIFAR100}
+
+    def __init__(self, variant: str, root: str, download: bool = False):
+        if variant not in self.VARIANTS:
+            raise UserError(f"dataset.variant={variant!r} is unknown; use cifar10 or cifar100")
+        self.variant, self.root, self.download = variant, root, download
+
+    def load(self, preprocessing: Preprocessing) -> DatasetParts:
+        transform = preprocessing.image_transform()
+        cls = self.VARIANTS[self.variant]
+        try:
+            train, test = (
+                cls(self.root, train=is_train, download=self.download, transform=transform)
+                for is_train in (True, False)
+            )
+        except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
+            raise UserError(
+                f"{self.variant} was not found under dataset.root={self.root}; pass "
+                "dataset.download=true (needs internet) or dataset.root=DIR that holds it"
+            ) from err
+        parts = {n: LabelledImages(d, np.asarray(d.targets)) for n, d in (("train", train), ("test", test))}
+        return DatasetParts(parts, list(train.classes))
+
+
+def _has_images(folder: Path) -> bool:
+    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*") if p.is_file())

@@ -1,0 +1,59 @@
+"""The LightningDataModule: a dataset from config, carved into the task, served in batches."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+from transferlab.errors import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, RandomSampler
+
+from transferlab.data.splits import TASK_KEYS, TaskSpec, TaskSplits, carve_task
+from transferlab.data.transforms import Preprocessing
+
+
+class TransferDataModule(pl.LightningDataModule):
+    def __init__(self, dataset: DictConfig, preprocessing: Preprocessing, loader: DictConfig):
+        super().__init__()
+        config = OmegaConf.to_container(dataset, resolve=True)
+        self.source_config = {k: v for k, v in config.items() if k not in TASK_KEYS}
+        self.task = TaskSpec(**{k: v for k, v in config.items() if k in TASK_KEYS})
+        self.preprocessing = preprocessing
+        self.batch_size = loader.batch_size
+        self.num_workers = loader.num_workers
+        self.epoch_samples = loader.get("epoch_samples")
+        self.splits: TaskSplits | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is None:  # the model needs the class count before fit calls setup
+            source = instantiate(self.source_config)
+            self.splits = carve_task(source.load(self.preprocessing), self.task)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.splits.class_names)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.splits.class_names
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled; with `epoch_samples`, a small train set is cycled through (fresh
+        permutations) so an epoch holds several steps, as few-shot training needs."""
+        train = self.splits.train.dataset
+        sampler = RandomSampler(train, num_samples=self.epoch_samples)
+        return self._loader(train, sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.splits.val.dataset)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.splits.test.dataset)
+
+    def _loader(self, dataset, sampler=None) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )

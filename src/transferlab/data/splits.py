@@ -1,0 +1,135 @@
+"""Carving a task out of a dataset: held-out splits, a subset of classes, few labels.
+
+Done the same way for every dataset, with its own seed, so the split never moves when the
+training seed does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+from torch.utils.data import Dataset, TensorDataset
+
+from transferlab.data.datasets import DatasetParts, LabelledImages
+from transferlab.errors import UserError
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """The dataset config keys that describe the task rather than the data source."""
+
+    classes: list | None = None
+    train_per_class: int | None = None
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    split_seed: int = 0
+
+
+TASK_KEYS = frozenset(f.name for f in fields(TaskSpec))
+
+
+@dataclass
+class TaskSplits:
+    train: LabelledImages
+    val: LabelledImages
+    test: LabelledImages
+    class_names: list[str]
+
+
+def carve_task(data: DatasetParts, task: TaskSpec) -> TaskSplits:
+    parts = _hold_out(data.parts, task)
+    keep = _class_indices(task.classes, data.class_names)
+    relabel = {old: new for new, old in enumerate(keep)}
+    splits = {name: _select_classes(part, relabel) for name, part in parts.items()}
+    if task.train_per_class is not None:
+        splits["train"] = _few_per_class(splits["train"], task.train_per_class, task.split_seed)
+    return TaskSplits(**splits, class_names=[data.class_names[i] for i in keep])
+
+
+def _hold_out(parts: dict[str, LabelledImages], task: TaskSpec) -> dict[str, LabelledImages]:
+    """Adds the test and val splits a dataset lacks, stratified, from its train split."""
+    parts = dict(parts)
+    remaining = 1.0  # fractions are of the whole dataset; each split is taken from what is left
+    for name, fraction in (("test", task.test_fraction), ("val", task.val_fraction)):
+        if name in parts:
+            continue
+        if fraction <= 0:
+            raise UserError(f"dataset.{name}_fraction=0 but the dataset has no {name} split of its own")
+        share = fraction / remaining
+        parts["train"], parts[name] = _stratified_split(parts["train"], share, task.split_seed)
+        remaining -= fraction
+    return parts
+
+
+def _stratified_split(part: LabelledImages, share: float, seed: int):
+    indices = np.arange(len(part))
+    try:
+        keep, held = train_test_split(
+            indices, test_size=share, stratify=part.targets, random_state=seed
+        )
+    except ValueError as err:
+        raise UserError(f"cannot split the dataset ({err}); use more images per class") from err
+    return _subset(part, np.sort(keep)), _subset(part, np.sort(held))
+
+
+def _class_indices(classes: list | None, names: list[str]) -> list[int]:
+    if classes is None:
+        return list(range(len(names)))
+    indices = []
+    for c in classes:
+        if isinstance(c, int) and 0 <= c < len(names):
+            indices.append(c)
+        elif str(c) in names and not isinstance(c, int):
+            indices.append(names.index(str(c)))
+        else:
+            raise UserError(
+                f"dataset.classes has {c!r}, which is not a class; use indices 0 to "
+                f"{len(names) - 1} or names from {names[:10]}"
+            )
+    return indices
+
+
+def _select_classes(part: LabelledImages, relabel: dict[int, int]) -> LabelledImages:
+    mask = np.isin(part.targets, list(relabel))
+    return _subset(part, np.flatnonzero(mask), relabel)
+
+
+def _few_per_class(part: LabelledImages, per_class: int, seed: int) -> LabelledImages:
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in np.unique(part.targets):
+        members = np.flatnonzero(part.targets == label)
+        if len(members) < per_class:
+            raise UserError(
+                f"dataset.train_per_class={per_class} but class {label} has only "
+                f"{len(members)} training images; use at most {len(members)}"
+            )
+        chosen.append(rng.permutation(members)[:per_class])
+    return _subset(part, np.sort(np.concatenate(chosen)))
+
+
+def _subset(part: LabelledImages, indices: np.ndarray, relabel: dict[int, int] | None = None):
+    targets = part.targets[indices]
+    if relabel is not None:
+        targets = np.array([relabel[t] for t in targets], dtype=np.int64)
+    if isinstance(part.dataset, TensorDataset):  # in memory: index once, stay a fast tensor set
+        images = part.dataset.tensors[0][torch.as_tensor(indices)]
+        return LabelledImages(TensorDataset(images, torch.as_tensor(targets)), targets)
+    return LabelledImages(_Subset(part.dataset, indices, targets), targets)
+
+
+class _Subset(Dataset):
+    """A subset of a dataset whose labels are replaced by `targets` (after relabelling)."""
+
+    def __init__(self, base: Dataset, indices: np.ndarray, targets: np.ndarray):
+        self.base, self.indices, self.targets = base, indices, targets
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        image, _ = self.base[int(self.indices[i])]
+        return image, int(self.targets[i])
