@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -59,7 +60,9 @@ class ImageFolderDataset:
     def __init__(self, root: str):
         self.root = Path(root)
         if not self.root.is_dir():
-            raise UserError(f"dataset.root={root} is not a directory; pass a folder of class folders")
+            raise UserError(
+                f"dataset.root={root} is not a directory; pass a folder of class folders"
+            )
 
     def load(self, preprocessing: Preprocessing) -> DatasetParts:
         transform = preprocessing.image_transform()
@@ -68,7 +71,9 @@ class ImageFolderDataset:
             parts = {s: self._folder(self.root / s, transform) for s in split_dirs}
             names = {s: p.dataset.classes for s, p in parts.items()}
             if any(n != names["train"] for n in names.values()):
-                raise UserError(f"dataset.root={self.root}: the splits have different classes: {names}")
+                raise UserError(
+                    f"dataset.root={self.root}: the splits have different classes: {names}"
+                )
             return DatasetParts(parts, names["train"])
         whole = self._folder(self.root, transform)
         return DatasetParts({"train": whole}, whole.dataset.classes)
@@ -87,7 +92,10 @@ class ImageFolderDataset:
 class Cifar:
     """torchvision's CIFAR-10 / CIFAR-100 with their official train / test split."""
 
-    VARIANTS = {"cifar10": tv_datasets.CIFAR10, "cifar100": tv_datasets.CIFAR100}
+    VARIANTS: ClassVar[dict[str, type]] = {
+        "cifar10": tv_datasets.CIFAR10,
+        "cifar100": tv_datasets.CIFAR100,
+    }
 
     def __init__(self, variant: str, root: str, download: bool = False):
         if variant not in self.VARIANTS:
@@ -107,7 +115,10 @@ class Cifar:
                 f"{self.variant} was not found under dataset.root={self.root}; pass "
                 "dataset.download=true (needs internet) or dataset.root=DIR that holds it"
             ) from err
-        parts = {n: LabelledImages(d, np.asarray(d.targets)) for n, d in (("train", train), ("test", test))}
+        parts = {
+            n: LabelledImages(d, np.asarray(d.targets))
+            for n, d in (("train", train), ("test", test))
+        }
         return DatasetParts(parts, list(train.classes))
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytorch_lightning as pl
-from transferlab.errors import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, RandomSampler
 
 from transferlab.data.splits import TASK_KEYS, TaskSpec, TaskSplits, carve_task
 from transferlab.data.transforms import Preprocessing
+from transferlab.errors import instantiate
 
 
 class TransferDataModule(pl.LightningDataModule):

@@ -57,7 +57,9 @@ def _hold_out(parts: dict[str, LabelledImages], task: TaskSpec) -> dict[str, Lab
         if name in parts:
             continue
         if fraction <= 0:
-            raise UserError(f"dataset.{name}_fraction=0 but the dataset has no {name} split of its own")
+            raise UserError(
+                f"dataset.{name}_fraction=0 but the dataset has no {name} split of its own"
+            )
         share = fraction / remaining
         parts["train"], parts[name] = _stratified_split(parts["train"], share, task.split_seed)
         remaining -= fraction
