@@ -77,7 +77,8 @@ def test_unknown_group_option_names_the_accepted_ones(make_config):
         ("trainer.max_epochs=-3", "trainer.max_epochs=-3 must be > 0"),
         (
             "freeze.name=sideways",
-            "freeze.name='sideways' is unknown; use none, linear_probe or partial",
+            "freeze.name='sideways' is unknown; use none, linear_probe, partial, "
+            "freeze_unfreeze or gradual",
         ),
         ("freeze=partial freeze.k=-1", "freeze.k=-1 must be a whole number >= 0"),
         ("+freeze.k=2", "freeze=none does not take k"),

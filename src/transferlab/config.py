@@ -10,7 +10,9 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.errors import UserError
-from transferlab.finetune.freezing import check_freeze_config
+from transferlab.finetune.freezing import check_fits_training, check_freeze_config
+
+CLASSICAL_HEADS = ("svm", "logreg")  # scikit-learn heads: fitted on frozen features
 
 
 def validate(cfg: DictConfig) -> None:
@@ -22,13 +24,41 @@ def validate(cfg: DictConfig) -> None:
     if cfg.loader.get("epoch_samples") is not None:
         _positive(cfg, "loader.epoch_samples", int)
     _positive(cfg, "optimizer.backbone_lr_mult", float, allow_zero=True)
-    check_freeze_config(OmegaConf.to_container(cfg.freeze))
+    freeze = OmegaConf.to_container(cfg.freeze)
+    check_freeze_config(freeze)
+    check_fits_training(freeze, cfg.trainer.max_epochs)
+    _check_methods(cfg)
     _check_task(cfg.dataset, "dataset")
     if cfg.get("source"):
         _check_task(OmegaConf.merge(cfg.dataset, cfg.source.get("dataset", {})), "source.dataset")
-    _positive(cfg, "head.dropout", float, allow_zero=True)
-    if cfg.head.dropout >= 1:
-        raise UserError(f"head.dropout={cfg.head.dropout} must be in [0, 1)")
+    if "dropout" in cfg.head:
+        _positive(cfg, "head.dropout", float, allow_zero=True)
+        if cfg.head.dropout >= 1:
+            raise UserError(f"head.dropout={cfg.head.dropout} must be in [0, 1)")
+
+
+def _check_methods(cfg: DictConfig) -> None:
+    decay = cfg.optimizer.get("layer_decay")
+    if decay is not None and (not isinstance(decay, (int, float)) or not 0 < decay <= 1):
+        raise UserError(f"optimizer.layer_decay={decay!r} must be in (0, 1], or null for none")
+    smoothing = cfg.loss.label_smoothing
+    if not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
+        raise UserError(f"loss.label_smoothing={smoothing!r} must be in [0, 1)")
+    for key in ("augment.mixup_alpha", "augment.cutmix_alpha"):
+        _positive(cfg, key, float, allow_zero=True)
+    if cfg.head.name in CLASSICAL_HEADS and cfg.freeze.name != "linear_probe":
+        raise UserError(
+            f"head={cfg.head.name} is fitted on frozen features, but freeze={cfg.freeze.name} "
+            "trains the backbone; use freeze=linear_probe or a neural head (linear, mlp)"
+        )
+    folds = cfg.cv.folds
+    if folds is not None and (not isinstance(folds, int) or isinstance(folds, bool) or folds < 2):
+        raise UserError(f"cv.folds={folds!r} must be a whole number >= 2, or null for no folds")
+    if folds is not None and cfg.compare_scratch:
+        raise UserError(
+            f"cv.folds={folds} with compare_scratch=true: cross-validate the transferred and "
+            "the scratch model as two runs (compare_scratch=false for the folds)"
+        )
 
 
 def _no_missing_values(cfg: DictConfig) -> None:

@@ -1,4 +1,5 @@
-"""The LightningModule: backbone + new head, trained under a freeze strategy."""
+"""The LightningModule: backbone + new head, trained under a freeze strategy, with an
+optional regulariser toward the source, label smoothing and MixUp / CutMix."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
+from torchvision.transforms import v2
 
-from transferlab.finetune.freezing import frozen_stages
+from transferlab.finetune.freezing import frozen_stages, warmup_factor
 from transferlab.finetune.optim import build_optimizer, build_scheduler
 from transferlab.models.backbones import Backbone
 
@@ -18,18 +20,24 @@ class TransferModule(pl.LightningModule):
         self,
         backbone: Backbone,
         head: nn.Module,
+        num_classes: int,
         freeze: DictConfig,
         optimizer: DictConfig,
         scheduler: DictConfig,
-        num_classes: int,
+        regularizer: nn.Module | None = None,
+        label_smoothing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
     ):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.regularizer = regularizer
         self.freeze = OmegaConf.to_container(freeze, resolve=True)
         self.optimizer_cfg = optimizer
         self.scheduler_cfg = scheduler
-        self.criterion = nn.CrossEntropyLoss()
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.mix = _batch_mixing(num_classes, mixup_alpha, cutmix_alpha)
         # ModuleDict keys may not shadow Module attributes such as .train: hence "<split>_acc".
         self.accuracy = nn.ModuleDict(
             {
@@ -69,32 +77,58 @@ class TransferModule(pl.LightningModule):
                         module.eval()
         self.backbone.source_head.eval()
 
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        """Applies the warm-up of newly unfrozen stages for this step only, so schedulers
+        keep seeing (and stepping) the learning rates they set."""
+        position = epoch + batch_idx / max(self.trainer.num_training_batches, 1)
+        scheduled = [group["lr"] for group in optimizer.param_groups]
+        for group in optimizer.param_groups:
+            if group.get("stage") is not None:
+                group["lr"] *= warmup_factor(
+                    self.freeze, self.backbone.num_stages, group["stage"], position
+                )
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        for group, lr in zip(optimizer.param_groups, scheduled, strict=True):
+            group["lr"] = lr
+
     # --- steps -------------------------------------------------------------------------
 
-    def _step(self, batch, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        images, targets = batch
-        logits = self(images)
-        loss = self.criterion(logits, targets)
-        accuracy = self.accuracy[f"{split}_acc"]
-        accuracy(logits, targets)
-        self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, batch_size=len(targets))
-        self.log(f"{split}/acc", accuracy, on_step=False, on_epoch=True)
-        return loss, logits
-
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss, _ = self._step(batch, "train")
+        images, targets = batch
+        mixed_images, soft_targets = self.mix(images, targets) if self.mix else (images, targets)
+        features = self.backbone(mixed_images)
+        logits = self.head(features)
+        loss = self.criterion(logits, soft_targets)
+        self._log("train", loss, logits, targets)
+        if self.regularizer is not None:
+            penalty = self.regularizer(mixed_images, features)
+            self.log("train/reg", penalty, on_step=False, on_epoch=True, batch_size=len(targets))
+            loss = loss + penalty
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "val")
+        images, targets = batch
+        logits = self(images)
+        self._log("val", self.criterion(logits, targets), logits, targets)
 
     def on_test_epoch_start(self) -> None:
         self.test_predictions, self.test_targets = [], []
 
     def test_step(self, batch, batch_idx: int) -> None:
-        _, logits = self._step(batch, "test")
+        images, targets = batch
+        logits = self(images)
+        self._log("test", self.criterion(logits, targets), logits, targets)
         self.test_predictions.append(logits.argmax(dim=1).cpu())
-        self.test_targets.append(batch[1].cpu())
+        self.test_targets.append(targets.cpu())
+
+    def _log(self, split: str, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor):
+        accuracy = self.accuracy[f"{split}_acc"]
+        accuracy(logits, targets)
+        size = len(targets)
+        self.log(
+            f"{split}/loss", loss, on_epoch=True, on_step=False, batch_size=size, sync_dist=True
+        )
+        self.log(f"{split}/acc", accuracy, on_step=False, on_epoch=True)
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.optimizer_cfg, self.backbone, self.head)
@@ -102,3 +136,16 @@ class TransferModule(pl.LightningModule):
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def _batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float):
+    """torchvision's batch MixUp / CutMix (one of the two per batch when both are on).
+    They return soft targets, which the cross-entropy takes as class probabilities."""
+    mixes = []
+    if mixup_alpha > 0:
+        mixes.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
+    if cutmix_alpha > 0:
+        mixes.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+    if not mixes:
+        return None
+    return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)

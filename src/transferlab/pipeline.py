@@ -24,8 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ProgressBar
 
 from transferlab.data.module import TransferDataModule
+from transferlab.data.splits import Fold
 from transferlab.errors import UserError, instantiate, one_of
 from transferlab.finetune.freezing import check_fits_backbone
+from transferlab.finetune.regularizers import build_regularizer
 from transferlab.models.heads import build_head
 from transferlab.module import TransferModule
 from transferlab.tracking.artifacts import write_test_artifacts
@@ -33,7 +35,17 @@ from transferlab.tracking.environment import device_name, environment_tags
 from transferlab.tracking.lightning_logger import TrackedRunLogger
 from transferlab.tracking.mlflow_run import TrackedRun, Tracker, tracking_uri
 
-GROUPS = ("backbone", "dataset", "head", "freeze", "optimizer", "scheduler", "trainer", "source")
+GROUPS = (
+    "backbone",
+    "dataset",
+    "head",
+    "freeze",
+    "regularizer",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "source",
+)
 # Keys that say where results go, not what is computed: left out of the source-reuse key.
 BOOKKEEPING_KEYS = (
     "output_dir",
@@ -69,11 +81,15 @@ def run_experiment(cfg: DictConfig) -> float:
         weights, source_run_id = pretrain_source(cfg, tracker, choices)
         target_cfg = _with(cfg, {"backbone": {"weights": None, "weights_path": str(weights)}})
         tags["transferlab.source_run_id"] = source_run_id
+    role = "transfer" if cfg.source else "finetune"
+    if cfg.cv.folds:
+        main = run_cross_validation(target_cfg, tracker, choices, role, tags)
+        print_summary([main], tracker)
+        return objective(main, cfg.optimize_metric)
     results = []
     if cfg.compare_scratch:
         results.append(run_stage(scratch_config(cfg), tracker, _scratch(choices), "scratch"))
         tags["transferlab.baseline_run_id"] = results[0].run_id
-    role = "transfer" if cfg.source else "finetune"
     main = run_stage(target_cfg, tracker, choices, role, tags, baseline=next(iter(results), None))
     results.insert(0, main)
     print_summary(results, tracker)
@@ -87,14 +103,14 @@ def run_stage(
     role: str,
     tags: dict[str, str] | None = None,
     baseline: StageResult | None = None,
+    fold: Fold | None = None,
 ) -> StageResult:
     """One MLflow run: build, fit, test with the best checkpoint, record."""
-    name = run_name(cfg, choices, role)
-    all_tags = {"transferlab.role": role, **environment_tags(device_name(cfg.trainer.accelerator))}
-    with tracker.start_run(name, {**all_tags, **(tags or {})}) as run:
-        stage_dir = Path(cfg.output_dir) / role
+    name = run_name(cfg, choices, role) + (f"-fold{fold.index}" if fold else "")
+    with tracker.start_run(name, {**run_tags(cfg, role), **(tags or {})}) as run:
+        stage_dir = Path(cfg.output_dir) / role / (f"fold{fold.index}" if fold else "")
         log_config(run, cfg, choices, role, stage_dir)
-        module, data = build_module_and_data(cfg)
+        module, data = build_module_and_data(cfg, fold)
         trainer = build_trainer(cfg, TrackedRunLogger(run), stage_dir)
         trainer.fit(module, datamodule=data)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -109,16 +125,60 @@ def run_stage(
         return StageResult(role, run.run_id, name, metrics)
 
 
-def build_module_and_data(cfg: DictConfig) -> tuple[TransferModule, TransferDataModule]:
+def run_cross_validation(
+    cfg: DictConfig, tracker: Tracker, choices: dict[str, str], role: str, tags: dict[str, str]
+) -> StageResult:
+    """A parent run holding the mean (under the metric's own name) and the standard
+    deviation (`<metric>_std`) of every final metric over the folds; a child run per fold."""
+    folds = cfg.cv.folds
+    name = f"{run_name(cfg, choices, role)}-cv{folds}"
+    with tracker.start_run(name, {**run_tags(cfg, f"{role}-cv"), **tags}) as parent:
+        log_config(parent, cfg, choices, role, Path(cfg.output_dir) / role)
+        child_tags = {**tags, "mlflow.parentRunId": parent.run_id}
+        results = [
+            run_stage(cfg, tracker, choices, role, child_tags, fold=Fold(i, folds))
+            for i in range(folds)
+        ]
+        summary = mean_and_std([r.metrics for r in results])
+        parent.log_metrics(summary)
+        return StageResult(f"{role}-cv", parent.run_id, name, summary)
+
+
+def mean_and_std(per_fold: list[dict[str, float]]) -> dict[str, float]:
+    keys = set.intersection(*(set(m) for m in per_fold))
+    summary = {}
+    for key in sorted(keys):
+        values = np.array([m[key] for m in per_fold])
+        summary[key] = float(values.mean())
+        summary[f"{key}_std"] = float(values.std(ddof=1))
+    return summary
+
+
+def run_tags(cfg: DictConfig, role: str) -> dict[str, str]:
+    return {"transferlab.role": role, **environment_tags(device_name(cfg.trainer.accelerator))}
+
+
+def build_module_and_data(
+    cfg: DictConfig, fold: Fold | None = None
+) -> tuple[TransferModule, TransferDataModule]:
     """Seeded first, so the same seed gives the same initial weights."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     backbone = instantiate(cfg.backbone)
     check_fits_backbone(cfg.freeze, backbone.num_stages, backbone.name)
-    data = TransferDataModule(cfg.dataset, backbone.preprocessing, cfg.loader)
+    data = TransferDataModule(cfg.dataset, backbone.preprocessing, cfg.loader, fold)
     data.setup()
     head = build_head(in_features=backbone.feature_dim, num_classes=data.num_classes, **cfg.head)
     module = TransferModule(
-        backbone, head, cfg.freeze, cfg.optimizer, cfg.scheduler, data.num_classes
+        backbone,
+        head,
+        data.num_classes,
+        cfg.freeze,
+        cfg.optimizer,
+        cfg.scheduler,
+        regularizer=build_regularizer(backbone=backbone, head=head, **cfg.regularizer),
+        label_smoothing=cfg.loss.label_smoothing,
+        mixup_alpha=cfg.augment.mixup_alpha,
+        cutmix_alpha=cfg.augment.cutmix_alpha,
     )
     return module, data
 

@@ -6,13 +6,19 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, RandomSampler
 
-from transferlab.data.splits import TASK_KEYS, TaskSpec, TaskSplits, carve_task
+from transferlab.data.splits import TASK_KEYS, Fold, TaskSpec, TaskSplits, carve_task
 from transferlab.data.transforms import Preprocessing
 from transferlab.errors import instantiate
 
 
 class TransferDataModule(pl.LightningDataModule):
-    def __init__(self, dataset: DictConfig, preprocessing: Preprocessing, loader: DictConfig):
+    def __init__(
+        self,
+        dataset: DictConfig,
+        preprocessing: Preprocessing,
+        loader: DictConfig,
+        fold: Fold | None = None,
+    ):
         super().__init__()
         config = OmegaConf.to_container(dataset, resolve=True)
         self.source_config = {k: v for k, v in config.items() if k not in TASK_KEYS}
@@ -21,12 +27,13 @@ class TransferDataModule(pl.LightningDataModule):
         self.batch_size = loader.batch_size
         self.num_workers = loader.num_workers
         self.epoch_samples = loader.get("epoch_samples")
+        self.fold = fold
         self.splits: TaskSplits | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:  # the model needs the class count before fit calls setup
             source = instantiate(self.source_config)
-            self.splits = carve_task(source.load(self.preprocessing), self.task)
+            self.splits = carve_task(source.load(self.preprocessing), self.task, self.fold)
 
     @property
     def num_classes(self) -> int:

@@ -10,8 +10,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
-from torch.utils.data import Dataset, TensorDataset
+from sklearn.model_selection import StratifiedKFold, train_test_split
+from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
 from transferlab.data.datasets import DatasetParts, LabelledImages
 from transferlab.errors import UserError
@@ -39,14 +39,45 @@ class TaskSplits:
     class_names: list[str]
 
 
-def carve_task(data: DatasetParts, task: TaskSpec) -> TaskSplits:
+@dataclass(frozen=True)
+class Fold:
+    """One fold of k-fold cross-validation over train+val (the test split is untouched)."""
+
+    index: int
+    count: int
+
+
+def carve_task(data: DatasetParts, task: TaskSpec, fold: Fold | None = None) -> TaskSplits:
     parts = _hold_out(data.parts, task)
     keep = _class_indices(task.classes, data.class_names)
     relabel = {old: new for new, old in enumerate(keep)}
     splits = {name: _select_classes(part, relabel) for name, part in parts.items()}
+    if fold is not None:
+        pool = _concat(splits["train"], splits["val"])
+        splits["train"], splits["val"] = _fold_of(pool, fold, task.split_seed)
     if task.train_per_class is not None:
         splits["train"] = _few_per_class(splits["train"], task.train_per_class, task.split_seed)
     return TaskSplits(**splits, class_names=[data.class_names[i] for i in keep])
+
+
+def _fold_of(pool: LabelledImages, fold: Fold, seed: int):
+    smallest = int(np.bincount(pool.targets).min())
+    if fold.count > smallest:
+        raise UserError(
+            f"cv.folds={fold.count} is more than the smallest class has images in train+val "
+            f"({smallest}); use at most {smallest}"
+        )
+    folds = StratifiedKFold(n_splits=fold.count, shuffle=True, random_state=seed)
+    train, val = list(folds.split(np.zeros(len(pool)), pool.targets))[fold.index]
+    return _subset(pool, train), _subset(pool, val)
+
+
+def _concat(a: LabelledImages, b: LabelledImages) -> LabelledImages:
+    targets = np.concatenate([a.targets, b.targets])
+    if isinstance(a.dataset, TensorDataset) and isinstance(b.dataset, TensorDataset):
+        images = torch.cat([a.dataset.tensors[0], b.dataset.tensors[0]])
+        return LabelledImages(TensorDataset(images, torch.as_tensor(targets)), targets)
+    return LabelledImages(_Relabelled(ConcatDataset([a.dataset, b.dataset]), targets), targets)
 
 
 def _hold_out(parts: dict[str, LabelledImages], task: TaskSpec) -> dict[str, LabelledImages]:
@@ -120,18 +151,18 @@ def _subset(part: LabelledImages, indices: np.ndarray, relabel: dict[int, int] |
     if isinstance(part.dataset, TensorDataset):  # in memory: index once, stay a fast tensor set
         images = part.dataset.tensors[0][torch.as_tensor(indices)]
         return LabelledImages(TensorDataset(images, torch.as_tensor(targets)), targets)
-    return LabelledImages(_Subset(part.dataset, indices, targets), targets)
+    return LabelledImages(_Relabelled(Subset(part.dataset, indices), targets), targets)
 
 
-class _Subset(Dataset):
-    """A subset of a dataset whose labels are replaced by `targets` (after relabelling)."""
+class _Relabelled(Dataset):
+    """A dataset whose labels are replaced by `targets` (after relabelling)."""
 
-    def __init__(self, base: Dataset, indices: np.ndarray, targets: np.ndarray):
-        self.base, self.indices, self.targets = base, indices, targets
+    def __init__(self, base: Dataset, targets: np.ndarray):
+        self.base, self.targets = base, targets
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.targets)
 
     def __getitem__(self, i: int):
-        image, _ = self.base[int(self.indices[i])]
+        image, _ = self.base[i]
         return image, int(self.targets[i])

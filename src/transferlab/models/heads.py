@@ -19,10 +19,29 @@ class LinearHead(nn.Module):
         return self.linear(self.dropout(features))
 
 
-HEADS: dict[str, type[nn.Module]] = {"linear": LinearHead}
+class MLPHead(nn.Module):
+    """A hidden layer between features and classes: more capacity than a linear probe."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 256, dropout: float = 0.2):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(in_features, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, features):
+        return self.layers(features)
+
+
+HEADS: dict[str, type[nn.Module]] = {"linear": LinearHead, "mlp": MLPHead}
 
 
 def build_head(name: str, in_features: int, num_classes: int, **options) -> nn.Module:
     if name not in HEADS:
         raise UserError(f"head.name={name!r} is unknown; use {one_of(HEADS)}")
-    return HEADS[name](in_features, num_classes, **options)
+    try:
+        return HEADS[name](in_features, num_classes, **options)
+    except TypeError as err:
+        raise UserError(f"head={name}: {err}") from err
