@@ -28,6 +28,12 @@ def tracking_uri(tmp_path_factory) -> str:
     return uri
 
 
+@pytest.fixture(scope="session")
+def feature_cache_dir(tmp_path_factory) -> str:
+    """Shared by the whole session, as by a user's runs: later tests may hit it."""
+    return str(tmp_path_factory.mktemp("feature_cache"))
+
+
 @pytest.fixture
 def client(tracking_uri) -> MlflowClient:
     return MlflowClient(tracking_uri)
@@ -40,7 +46,7 @@ def experiment(request) -> str:
 
 
 @pytest.fixture
-def make_config(tmp_path, tracking_uri, experiment) -> Callable[..., DictConfig]:
+def make_config(tmp_path, tracking_uri, experiment, feature_cache_dir) -> Callable[..., DictConfig]:
     """Composes a config as the Hydra app would (HydraConfig set, choices recorded)."""
     register_studies()
 
@@ -52,6 +58,7 @@ def make_config(tmp_path, tracking_uri, experiment) -> Callable[..., DictConfig]
                 overrides=[
                     f"tracking.uri='{tracking_uri}'",
                     f"experiment_name='{experiment}'",
+                    f"feature_cache.dir='{feature_cache_dir}'",
                     *overrides,
                 ],
                 return_hydra_config=True,

@@ -16,7 +16,7 @@ from transferlab.finetune.optim import param_groups
 from transferlab.finetune.regularizers import L2SP, KLSource
 from transferlab.models.backbones import build_backbone
 from transferlab.models.heads import LinearHead
-from transferlab.pipeline import build_module_and_data
+from transferlab.pipeline import build_backbone_and_data, build_module
 
 
 def test_freeze_unfreeze_and_gradual_schedules():
@@ -126,7 +126,9 @@ def test_kl_source_on_features():
 
 
 def test_frozen_batchnorm_stays_in_eval_after_train(make_config):
-    module, _ = build_module_and_data(make_config("freeze=partial", "freeze.k=2"))
+    cfg = make_config("freeze=partial", "freeze.k=2")
+    backbone, data = build_backbone_and_data(cfg)
+    module = build_module(cfg, backbone, data.num_classes)
     module.train()
     modes = {
         n: m.training
@@ -153,7 +155,8 @@ def test_resume_after_an_unfreeze_milestone_keeps_the_backbone_trainable(make_co
             deterministic=True,
         )
 
-    module, data = build_module_and_data(cfg)
+    backbone, data = build_backbone_and_data(cfg)
+    module = build_module(cfg, backbone, data.num_classes)
     trainer(2, [checkpoint]).fit(module, datamodule=data)  # epoch 0 frozen, epoch 1 not
 
     seen = []
@@ -163,7 +166,8 @@ def test_resume_after_an_unfreeze_milestone_keeps_the_backbone_trainable(make_co
             grads = {p.requires_grad for p in pl_module.backbone.network.parameters()}
             seen.append((trainer.current_epoch, grads))
 
-    resumed, data = build_module_and_data(cfg)
+    backbone, data = build_backbone_and_data(cfg)
+    resumed = build_module(cfg, backbone, data.num_classes)
     start = {k: v.clone() for k, v in resumed.backbone.state_dict().items()}
     trainer(3, [Probe()]).fit(resumed, datamodule=data, ckpt_path=tmp_path / "last.ckpt")
     assert seen == [(2, {True})]

@@ -69,17 +69,24 @@ def test_same_config_and_seed_give_identical_metrics(train, runs):
         assert first.data.metrics[key] == second.data.metrics[key], key
 
 
-def test_linear_probe_changes_only_the_head(train, runs, tracking_uri):
-    train("freeze=linear_probe")
+@pytest.mark.parametrize("cache", ["true", "false"])
+def test_linear_probe_changes_only_the_head(train, runs, tracking_uri, cache):
+    train("freeze=linear_probe", f"feature_cache.enabled={cache}")
     run = only_run(runs)
-    ckpt = torch.load(
-        download_artifacts(
-            run_id=run.info.run_id, artifact_path="checkpoints/best.ckpt", tracking_uri=tracking_uri
-        ),
-        weights_only=True,
-    )["state_dict"]
+
+    def artifact(path):
+        local = download_artifacts(
+            run_id=run.info.run_id, artifact_path=path, tracking_uri=tracking_uri
+        )
+        return torch.load(local, weights_only=True)
+
+    backbone = artifact("backbone.pt")
     for key, value in initial_small_cnn().items():
-        assert torch.equal(ckpt[f"backbone.network.{key}"], value), key  # BN statistics too
+        assert torch.equal(backbone[key], value), key  # BatchNorm statistics too
+    trained = artifact("checkpoints/best.ckpt")["state_dict"]
+    assert torch.equal(trained["head.linear.weight"], backbone["classifier.weight"])
+    # on cached features the checkpoint holds the head alone: the backbone never ran in fit
+    assert any(k.startswith("backbone.network.") for k in trained) == (cache == "false")
 
 
 def test_partial_freezes_the_first_k_stages(train, tmp_path):

@@ -23,11 +23,19 @@ from mlflow.artifacts import download_artifacts
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ProgressBar
 
+from transferlab.config import CLASSICAL_HEADS
 from transferlab.data.module import TransferDataModule
 from transferlab.data.splits import Fold
 from transferlab.errors import UserError, instantiate, one_of
 from transferlab.finetune.freezing import check_fits_backbone
 from transferlab.finetune.regularizers import build_regularizer
+from transferlab.frozen import (
+    FeaturesAsInput,
+    can_cache_features,
+    fit_classical_head,
+    split_features,
+)
+from transferlab.models.backbones import Backbone
 from transferlab.models.heads import build_head
 from transferlab.module import TransferModule
 from transferlab.tracking.artifacts import write_test_artifacts
@@ -79,7 +87,7 @@ def run_experiment(cfg: DictConfig) -> float:
     target_cfg, tags = cfg, {}
     if cfg.source:
         weights, source_run_id = pretrain_source(cfg, tracker, choices)
-        target_cfg = _with(cfg, {"backbone": {"weights": None, "weights_path": str(weights)}})
+        target_cfg = with_source_weights(cfg, str(weights))
         tags["transferlab.source_run_id"] = source_run_id
     role = "transfer" if cfg.source else "finetune"
     if cfg.cv.folds:
@@ -110,19 +118,45 @@ def run_stage(
     with tracker.start_run(name, {**run_tags(cfg, role), **(tags or {})}) as run:
         stage_dir = Path(cfg.output_dir) / role / (f"fold{fold.index}" if fold else "")
         log_config(run, cfg, choices, role, stage_dir)
-        module, data = build_module_and_data(cfg, fold)
-        trainer = build_trainer(cfg, TrackedRunLogger(run), stage_dir)
-        trainer.fit(module, datamodule=data)
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(module, datamodule=data, ckpt_path=best or None, verbose=False)
-        metrics = final_metrics(trainer)
-        summary = {f"{k}_best": v for k, v in best_scores(trainer).items()}
+        backbone, data = build_backbone_and_data(cfg, fold)
+        precision = resolve_precision(cfg.trainer.get("precision"))
+        if cfg.head.name in CLASSICAL_HEADS:
+            features = split_features(cfg, backbone, data, precision, fold)
+            metrics = fit_classical_head(cfg, run, features, data.class_names, stage_dir)
+        else:
+            metrics = fit_neural_head(cfg, run, backbone, data, stage_dir, precision, fold)
         if baseline is not None:
-            summary.update(compare_with(metrics, baseline))
-        run.log_metrics(summary)
-        metrics.update(summary)
-        record_artifacts(run, module, data, best, stage_dir, role)
+            comparison = compare_with(metrics, baseline)
+            run.log_metrics(comparison)
+            metrics.update(comparison)
         return StageResult(role, run.run_id, name, metrics)
+
+
+def fit_neural_head(
+    cfg: DictConfig,
+    run: TrackedRun,
+    backbone: Backbone,
+    data: TransferDataModule,
+    stage_dir: Path,
+    precision: str,
+    fold: Fold | None,
+) -> dict[str, float]:
+    """Lightning fit, then test with the best checkpoint. A backbone that never trains is
+    run once per split (features cached), and only the head is trained on its output."""
+    trained = backbone
+    if can_cache_features(cfg, backbone):
+        data.use_features(split_features(cfg, backbone, data, precision, fold))
+        trained = FeaturesAsInput(backbone)
+    module = build_module(cfg, trained, data.num_classes)
+    trainer = build_trainer(cfg, TrackedRunLogger(run), stage_dir, precision)
+    trainer.fit(module, datamodule=data)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    trainer.test(module, datamodule=data, ckpt_path=best or None, verbose=False)
+    metrics = final_metrics(trainer)
+    summary = {f"{k}_best": v for k, v in best_scores(trainer).items()}
+    run.log_metrics(summary)
+    record_artifacts(run, module, data, best, stage_dir, backbone)
+    return {**metrics, **summary}
 
 
 def run_cross_validation(
@@ -158,20 +192,24 @@ def run_tags(cfg: DictConfig, role: str) -> dict[str, str]:
     return {"transferlab.role": role, **environment_tags(device_name(cfg.trainer.accelerator))}
 
 
-def build_module_and_data(
+def build_backbone_and_data(
     cfg: DictConfig, fold: Fold | None = None
-) -> tuple[TransferModule, TransferDataModule]:
+) -> tuple[Backbone, TransferDataModule]:
     """Seeded first, so the same seed gives the same initial weights."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     backbone = instantiate(cfg.backbone)
     check_fits_backbone(cfg.freeze, backbone.num_stages, backbone.name)
     data = TransferDataModule(cfg.dataset, backbone.preprocessing, cfg.loader, fold)
     data.setup()
-    head = build_head(in_features=backbone.feature_dim, num_classes=data.num_classes, **cfg.head)
-    module = TransferModule(
+    return backbone, data
+
+
+def build_module(cfg: DictConfig, backbone: Backbone, num_classes: int) -> TransferModule:
+    head = build_head(in_features=backbone.feature_dim, num_classes=num_classes, **cfg.head)
+    return TransferModule(
         backbone,
         head,
-        data.num_classes,
+        num_classes,
         cfg.freeze,
         cfg.optimizer,
         cfg.scheduler,
@@ -180,14 +218,15 @@ def build_module_and_data(
         mixup_alpha=cfg.augment.mixup_alpha,
         cutmix_alpha=cfg.augment.cutmix_alpha,
     )
-    return module, data
 
 
-def build_trainer(cfg: DictConfig, logger: TrackedRunLogger, stage_dir: Path) -> pl.Trainer:
+def build_trainer(
+    cfg: DictConfig, logger: TrackedRunLogger, stage_dir: Path, precision: str
+) -> pl.Trainer:
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     return instantiate(
         cfg.trainer,
-        precision=resolve_precision(cfg.trainer.get("precision")),
+        precision=precision,
         callbacks=callbacks,
         logger=logger,
         default_root_dir=str(stage_dir),
@@ -195,10 +234,10 @@ def build_trainer(cfg: DictConfig, logger: TrackedRunLogger, stage_dir: Path) ->
     )
 
 
-def resolve_precision(precision: str | None) -> str | None:
+def resolve_precision(precision: str | None) -> str:
     """`auto-mixed`: bf16 where the GPU has it (no loss scaling needed), else fp16."""
     if precision != "auto-mixed":
-        return precision
+        return precision or "32-true"
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
@@ -239,7 +278,20 @@ def source_config(cfg: DictConfig) -> DictConfig:
 
 def scratch_config(cfg: DictConfig) -> DictConfig:
     """The same model on the same target data, from random weights."""
-    return _with(_single_full_finetune(cfg), {"backbone": {"weights": None, "weights_path": None}})
+    return with_source_weights(_single_full_finetune(cfg), None)
+
+
+def with_source_weights(cfg: DictConfig, weights_path: str | None) -> DictConfig:
+    """The config with the backbone loading `weights_path` (None: random init) instead of
+    the weights it names. Only the keys the backbone config has are set: torchvision
+    backbones name weights (`weights`), timm ones a flag (`pretrained`)."""
+    updated = cfg.copy()
+    updated.backbone.weights_path = weights_path
+    if "weights" in updated.backbone:
+        updated.backbone.weights = None
+    if "pretrained" in updated.backbone:
+        updated.backbone.pretrained = False
+    return updated
 
 
 def _single_full_finetune(cfg: DictConfig) -> DictConfig:
@@ -259,10 +311,6 @@ def config_key(cfg: DictConfig) -> str:
     for key in BOOKKEEPING_KEYS:
         container.pop(key, None)
     return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(container)).encode()).hexdigest()[:16]
-
-
-def _with(cfg: DictConfig, updates: dict[str, Any]) -> DictConfig:
-    return OmegaConf.merge(cfg, updates)
 
 
 def _resolved(cfg: DictConfig) -> DictConfig:
@@ -347,7 +395,7 @@ def record_artifacts(
     data: TransferDataModule,
     best: str,
     stage_dir: Path,
-    role: str,
+    backbone: Backbone,
 ) -> None:
     predictions = torch.cat(module.test_predictions).numpy()
     targets = torch.cat(module.test_targets).numpy()
@@ -356,7 +404,7 @@ def record_artifacts(
     if best:
         run.log_artifact(best, "checkpoints")
     weights = stage_dir / SOURCE_WEIGHTS
-    torch.save(module.backbone.source_state_dict(getattr(module.head, "linear", None)), weights)
+    torch.save(backbone.source_state_dict(getattr(module.head, "linear", None)), weights)
     run.log_artifact(weights)
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
+from transferlab.data.datasets import LabelledImages
 from transferlab.data.splits import TASK_KEYS, Fold, TaskSpec, TaskSplits, carve_task
 from transferlab.data.transforms import Preprocessing
 from transferlab.errors import instantiate
@@ -35,6 +37,16 @@ class TransferDataModule(pl.LightningDataModule):
             source = instantiate(self.source_config)
             self.splits = carve_task(source.load(self.preprocessing), self.task, self.fold)
 
+    def use_features(self, features: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Serves precomputed backbone features in place of the images (same splits)."""
+        self.splits = TaskSplits(
+            **{
+                name: LabelledImages(TensorDataset(x, y), y.numpy())
+                for name, (x, y) in features.items()
+            },
+            class_names=self.splits.class_names,
+        )
+
     @property
     def num_classes(self) -> int:
         return len(self.splits.class_names)
@@ -48,7 +60,8 @@ class TransferDataModule(pl.LightningDataModule):
         permutations) so an epoch holds several steps, as few-shot training needs."""
         train = self.splits.train.dataset
         sampler = RandomSampler(train, num_samples=self.epoch_samples)
-        return self._loader(train, sampler)
+        # a last batch of one image breaks BatchNorm in training (one value per channel)
+        return self._loader(train, sampler, drop_last=len(sampler) % self.batch_size == 1)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.splits.val.dataset)
@@ -56,11 +69,12 @@ class TransferDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.splits.test.dataset)
 
-    def _loader(self, dataset, sampler=None) -> DataLoader:
+    def _loader(self, dataset, sampler=None, drop_last: bool = False) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
+            drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

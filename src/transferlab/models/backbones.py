@@ -13,6 +13,7 @@ import os
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from urllib.error import URLError
 
 import torch
@@ -24,6 +25,8 @@ from transferlab.errors import UserError, one_of
 from transferlab.models.small_cnn import SmallCNN
 
 StagePrefixes = list[list[str]]
+MLFLOW_URI_SCHEMES = ("runs:/", "models:/")  # weights_path values resolved through MLflow
+WEIGHTS_SUFFIXES = (".pt", ".pth")
 
 
 @dataclass(frozen=True)
@@ -132,12 +135,14 @@ def build_backbone(
 def load_weights_file(network: nn.Module, path: str, classifier: str, arch: str) -> None:
     """Loads a local state dict into `network`, fitting the classifier to the file's classes.
 
-    Loaded with weights_only=True: a file that needs pickle to load is refused unread.
+    `path` may be an MLflow URI (see `resolve_weights_path`). Loaded with weights_only=True:
+    a file that needs pickle to load is refused unread.
     """
-    if not os.path.isfile(path):
+    local = resolve_weights_path(path)
+    if not os.path.isfile(local):
         raise UserError(f"backbone.weights_path={path} does not exist; pass a state dict file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(local, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise UserError(
             f"backbone.weights_path={path} is not a plain state dict (it needs pickle, which "
@@ -161,6 +166,43 @@ def load_weights_file(network: nn.Module, path: str, classifier: str, arch: str)
             f"backbone.weights_path={path} does not fit {arch}: missing keys {missing[:3]}, "
             f"unexpected keys {unexpected[:3]} (is it a state dict for {arch}?)"
         )
+
+
+def resolve_weights_path(path: str) -> str:
+    """A local path as given; an MLflow `runs:/` or `models:/` URI downloaded to a local file.
+
+    Every transferlab run logs `backbone.pt`, so `runs:/<run_id>/backbone.pt` starts from the
+    weights another run trained. The store is MLflow's current one ($MLFLOW_TRACKING_URI).
+    """
+    if not path.startswith(MLFLOW_URI_SCHEMES):
+        return path
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+
+    uri = path
+    try:
+        if path.startswith("models:/"):
+            # The version's own source: one registered from a single file
+            # (runs:/<id>/backbone.pt) downloads as an empty folder through its models:/ URI.
+            uri = ModelsArtifactRepository.get_underlying_uri(path)
+        local = download_artifacts(artifact_uri=uri)
+    except (MlflowException, OSError) as err:
+        reason = str(err).partition("\n")[0]
+        raise UserError(f"backbone.weights_path={path} could not be resolved: {reason}") from err
+    return local if os.path.isfile(local) else _single_weights_file(path, Path(local))
+
+
+def _single_weights_file(uri: str, folder: Path) -> str:
+    """A URI naming a folder (a run's artifacts, a registered model): its one weights file."""
+    found = sorted(p for p in folder.rglob("*") if p.suffix in WEIGHTS_SUFFIXES and p.is_file())
+    if len(found) != 1:
+        names = [str(p.relative_to(folder)) for p in found[:3]]
+        raise UserError(
+            f"backbone.weights_path={uri} is a folder with {len(found)} .pt/.pth files "
+            f"{names}, not one; name the file in the URI"
+        )
+    return str(found[0])
 
 
 def _fit_classifier_to(network: nn.Module, classifier: str, state: dict) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -29,6 +30,7 @@ class Tracker:
 
     def __init__(self, uri: str, experiment_name: str):
         self.uri = uri
+        mlflow.set_tracking_uri(uri)  # also for `runs:/` / `models:/` weights resolved later
         self.client = MlflowClient(tracking_uri=uri)
         experiment = self.client.get_experiment_by_name(experiment_name)
         if experiment is None:

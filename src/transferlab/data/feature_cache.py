@@ -1,0 +1,150 @@
+"""Features of a frozen backbone, computed once and cached on disk.
+
+A linear probe or a scikit-learn head on a fully frozen backbone only ever sees the
+backbone's output, so running the backbone once per split is enough: every later trial
+(in this process, in another one, in another sweep job) reads the cached tensors instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from transferlab.errors import UserError, one_of
+
+# Bump when what is stored, or how it is computed, changes: old entries then stop matching.
+CACHE_FORMAT = 1
+FULL_PRECISION = ("32-true", "32")
+AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def extract_features(
+    backbone: nn.Module, dataset: Dataset, batch_size: int, precision: str = "32-true"
+) -> tuple[Tensor, Tensor]:
+    """Runs `dataset` (e.g. `splits.train.dataset`, yielding (image, label)) through the
+    backbone in eval mode: float32 features (N, D) and int64 labels (N,), both on the CPU.
+
+    `precision` is Lightning's: 32-true, bf16-mixed or 16-mixed (autocast on the
+    backbone's device). 16-mixed on a CPU is refused, as Lightning's Trainer refuses it,
+    rather than silently run as bf16. The backbone's train/eval modes are restored after.
+    """
+    device = next(backbone.parameters()).device
+    autocast = _autocast(precision, device)
+    features, labels = [], []
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=0)
+    with _eval_mode(backbone), torch.inference_mode(), autocast:
+        for images, targets in loader:
+            features.append(backbone(images.to(device, non_blocking=True)).float().cpu())
+            labels.append(torch.as_tensor(targets, dtype=torch.int64))
+    return torch.cat(features), torch.cat(labels)
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision in FULL_PRECISION:
+        return nullcontext()
+    if precision not in AUTOCAST_DTYPES:
+        accepted = [*FULL_PRECISION[:1], *AUTOCAST_DTYPES]
+        raise UserError(
+            f"trainer.precision={precision!r} cannot extract features; use {one_of(accepted)}"
+        )
+    if precision == "16-mixed" and device.type == "cpu":
+        raise UserError(
+            "trainer.precision='16-mixed' is not supported on a CPU (fp16 AMP is GPU-only "
+            "in Lightning); use bf16-mixed or 32-true"
+        )
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
+@contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """Eval mode inside, each submodule's own mode back after (frozen BatchNorm included)."""
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+class FeatureCache:
+    """(features, labels) per key in `directory`: `<sha256>.pt`, with `<sha256>.json`
+    holding the key for humans. Files are written atomically (temp file + os.replace),
+    so workers sharing the directory never read a half-written entry; two workers that
+    miss at once both compute and the last write wins, with the same content.
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.hits = 0
+        self.misses = 0
+
+    def features(
+        self, key: Mapping[str, Any], compute: Callable[[], tuple[Tensor, Tensor]]
+    ) -> tuple[Tensor, Tensor]:
+        """The cached tensors for `key`, or `compute()`'s, stored for next time.
+
+        `key` is plain JSON data holding everything the features depend on.
+        """
+        digest = key_digest(key)
+        path = self.directory / f"{digest}.pt"
+        if path.is_file():
+            self.hits += 1
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            return stored["features"], stored["labels"]
+        self.misses += 1
+        features, labels = compute()
+        description = json.dumps(_versioned(key), indent=2, sort_keys=True).encode()
+        _write_atomically(self.directory / f"{digest}.json", lambda f: f.write(description))
+        stored = {"features": features, "labels": labels}
+        _write_atomically(path, lambda f: torch.save(stored, f))
+        return features, labels
+
+
+def key_digest(key: Mapping[str, Any]) -> str:
+    """sha256 of the key's canonical JSON (sorted keys, no spaces): equal keys, equal names.
+
+    A value that is not plain JSON (a Path, a DictConfig) raises TypeError: convert it
+    first (str, OmegaConf.to_container), as its repr would not be stable across runs.
+    """
+    canonical = json.dumps(_versioned(key), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _versioned(key: Mapping[str, Any]) -> dict[str, Any]:
+    return {"cache_format": CACHE_FORMAT, "key": dict(key)}
+
+
+def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())  # the data is on disk before the name points at it
+    except BaseException:
+        os.unlink(temp)
+        raise
+    os.replace(temp, path)
+
+
+def weights_identity(backbone: nn.Module) -> str:
+    """What the weights are, whatever their origin (a torchvision name, a local file, an
+    MLflow URI, a seeded random init): a sha256 of the tensors themselves, so any change
+    to them misses the cache and the same weights from another path hit it."""
+    digest = hashlib.sha256()
+    for name, tensor in backbone.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return f"sha256:{digest.hexdigest()}"

@@ -1,0 +1,113 @@
+"""Training on a frozen backbone's cached features: the linear-probe fast path and the
+scikit-learn heads ("CNN features + SVM").
+
+When no backbone stage ever trains and the inputs are deterministic, the backbone's output
+for each split never changes: it is computed once, cached on disk keyed by everything that
+determines it, and read back by every later run and sweep trial.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from transferlab.data.feature_cache import FeatureCache, extract_features, weights_identity
+from transferlab.data.module import TransferDataModule
+from transferlab.data.splits import Fold
+from transferlab.finetune.freezing import is_always_frozen
+from transferlab.models.backbones import Backbone
+from transferlab.models.classical_heads import build_classical_head, evaluate, save
+from transferlab.tracking.artifacts import write_test_artifacts
+from transferlab.tracking.mlflow_run import TrackedRun
+
+SPLITS = ("train", "val", "test")
+SplitFeatures = dict[str, tuple[Tensor, Tensor]]
+
+
+class FeaturesAsInput(nn.Module):
+    """Stands in for a frozen backbone whose features were computed beforehand: its input
+    already is the features. No stages, no parameters; the source classifier is kept."""
+
+    num_stages = 0
+
+    def __init__(self, backbone: Backbone):
+        super().__init__()
+        self.network = nn.Identity()
+        self.source_head = backbone.source_head
+        self.feature_dim = backbone.feature_dim
+
+    def forward(self, features: Tensor) -> Tensor:
+        return features
+
+
+def can_cache_features(cfg: DictConfig, backbone: Backbone) -> bool:
+    """The cache is on, the backbone never trains and nothing random touches the images.
+    (With the cache off, a neural head trains with the backbone in the loop, as usual.)"""
+    mixing = cfg.augment.mixup_alpha > 0 or cfg.augment.cutmix_alpha > 0
+    frozen = is_always_frozen(cfg.freeze, backbone.num_stages, cfg.trainer.max_epochs)
+    return cfg.feature_cache.enabled and frozen and not mixing
+
+
+def split_features(
+    cfg: DictConfig, backbone: Backbone, data: TransferDataModule, precision: str, fold: Fold | None
+) -> SplitFeatures:
+    """Each split's features, from the cache when an earlier run computed them."""
+    cache = FeatureCache(cache_dir(cfg)) if cfg.feature_cache.enabled else None
+    identity = {
+        "weights": weights_identity(backbone.network),
+        "arch": backbone.name,
+        "preprocessing": backbone.preprocessing.as_dict(),
+        "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
+        "fold": [fold.index, fold.count] if fold else None,
+        "precision": precision,
+        "versions": {p: version(p) for p in ("torch", "torchvision")},
+    }
+    features = {}
+    for split in SPLITS:
+        images = getattr(data.splits, split).dataset
+
+        def compute(images=images):
+            return extract_features(backbone, images, cfg.loader.batch_size, precision)
+
+        key = {**identity, "split": split}
+        features[split] = cache.features(key, compute) if cache else compute()
+    return features
+
+
+def cache_dir(cfg: DictConfig) -> Path:
+    configured = cfg.feature_cache.dir or os.environ.get("TRANSFERLAB_CACHE")
+    return Path(configured or Path.home() / ".cache" / "transferlab" / "features")
+
+
+def fit_classical_head(
+    cfg: DictConfig,
+    run: TrackedRun,
+    features: SplitFeatures,
+    class_names: list[str],
+    stage_dir: Path,
+) -> dict[str, float]:
+    """Fits the scikit-learn head on the train features and scores every split under the
+    metric names of a neural head; the fitted model and test plots become artifacts."""
+    head = build_classical_head(**cfg.head)
+    train_x, train_y = features["train"]
+    head.fit(train_x.numpy(), train_y.numpy())
+    metrics = {}
+    for split in SPLITS:
+        x, y = features[split]
+        for name, value in evaluate(head, x.numpy(), y.numpy(), len(class_names)).items():
+            metrics[f"{split}/{name}"] = value
+    run.log_metrics(metrics)
+    test_x, test_y = features["test"]
+    predictions = head.predict(test_x.numpy())
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    for path in write_test_artifacts(
+        predictions, np.asarray(test_y), class_names, stage_dir / "test"
+    ):
+        run.log_artifact(path, "test")
+    run.log_artifact(save(head, stage_dir / f"{cfg.head.name}_head"), "model")
+    return metrics

@@ -1,0 +1,132 @@
+"""Classical heads: scikit-learn classifiers on a frozen backbone's features
+("CNN features + SVM").
+
+Every head standardises the features first (a StandardScaler in a Pipeline, fitted on the
+training features only). Backbone features come on uneven scales: post-ReLU activations,
+some dimensions near zero and others large. An SVM's margin and RBF distances and the L2
+penalty of logistic regression treat all dimensions alike, so unscaled, a few large
+dimensions dominate, the best `C` moves with the backbone, and the solvers converge slowly.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+
+import joblib
+import numpy as np
+from numpy.typing import ArrayLike
+from sklearn.base import ClassifierMixin
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, hinge_loss, log_loss
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC, LinearSVC
+
+from transferlab.errors import UserError, one_of
+
+SVM_KERNELS = ("linear", "rbf", "poly", "sigmoid")
+
+
+def _svm(kernel: str = "linear", C: float = 1.0) -> Pipeline:
+    """linear: LinearSVC (liblinear, one-vs-rest: fast on many examples); other kernels: SVC.
+
+    No probabilities: SVC's Platt scaling costs an internal 5-fold fit and can disagree
+    with `predict`; `evaluate` uses the hinge loss instead.
+    """
+    if kernel not in SVM_KERNELS:
+        raise UserError(f"head.kernel={kernel!r} is unknown; use {one_of(SVM_KERNELS)}")
+    _check_positive("C", C)
+    if kernel == "linear":  # random_state: liblinear's dual solver shuffles; keep runs equal
+        return _standardised(LinearSVC(C=C, random_state=0))
+    return _standardised(SVC(kernel=kernel, C=C))
+
+
+def _logreg(C: float = 1.0, max_iter: int = 1000) -> Pipeline:
+    """Multinomial logistic regression; lbfgs often needs more than sklearn's default 100
+    iterations on a few hundred feature dimensions."""
+    _check_positive("C", C)
+    _check_positive("max_iter", max_iter)
+    return _standardised(LogisticRegression(C=C, max_iter=max_iter))
+
+
+CLASSICAL_HEADS: dict[str, Callable[..., Pipeline]] = {"svm": _svm, "logreg": _logreg}
+
+
+def build_classical_head(name: str, **options) -> Pipeline:
+    """An unfitted estimator: fit it on the training features and labels."""
+    if name not in CLASSICAL_HEADS:
+        raise UserError(f"head.name={name!r} is unknown; use {one_of(CLASSICAL_HEADS)}")
+    build = CLASSICAL_HEADS[name]
+    accepted = list(inspect.signature(build).parameters)
+    for option in options:
+        if option not in accepted:
+            raise UserError(
+                f"head.{option} is not an option of the {name} head; use {one_of(accepted)}"
+            )
+    return build(**options)
+
+
+def _standardised(classifier: ClassifierMixin) -> Pipeline:
+    return make_pipeline(StandardScaler(), classifier)
+
+
+def _check_positive(option: str, value: float) -> None:
+    if not value > 0:
+        raise UserError(f"head.{option}={value} must be positive")
+
+
+def evaluate(
+    estimator: Pipeline, features: ArrayLike, labels: ArrayLike, num_classes: int
+) -> dict[str, float]:
+    """`acc` and `loss`, logged as train/, val/ and test/ metrics like a neural head's.
+
+    With `predict_proba` (logreg) the loss is the log loss, a neural head's cross-entropy.
+    The SVMs have no probabilities, so theirs is the multiclass hinge loss of the decision
+    function (sklearn's `hinge_loss`): a loss-equivalent under the same metric names, on
+    another scale, so compare losses only between runs of the same head. Classes are
+    `range(num_classes)`, so a split that lacks some of them is still scored against all.
+    """
+    x, y = np.asarray(features), np.asarray(labels)
+    classes = list(range(num_classes))
+    if hasattr(estimator, "predict_proba"):
+        loss = log_loss(y, estimator.predict_proba(x), labels=classes)
+    else:
+        loss = hinge_loss(y, estimator.decision_function(x), labels=classes)
+    return {"acc": float(accuracy_score(y, estimator.predict(x))), "loss": float(loss)}
+
+
+def save(estimator: Pipeline, path: Path) -> Path:
+    """Writes the fitted estimator for an MLflow artifact; returns the file written.
+
+    skops format (`path` with suffix .skops), which loads without running pickle code;
+    joblib (.joblib, a pickle) only where skops is not installed.
+    """
+    try:
+        import skops.io as sio
+    except ImportError:
+        target = Path(path).with_suffix(".joblib")
+        joblib.dump(estimator, target)
+        return target
+    target = Path(path).with_suffix(".skops")
+    sio.dump(estimator, target)
+    return target
+
+
+def load(path: Path) -> Pipeline:
+    """Reads a file written by `save`.
+
+    A .skops file that holds types skops does not trust by default (sklearn and numpy
+    types are trusted) is refused unread. A .joblib file is a pickle: load only your own.
+    """
+    path = Path(path)
+    if path.suffix == ".joblib":
+        return joblib.load(path)
+    import skops.io as sio
+    from skops.io.exceptions import UntrustedTypesFoundException
+
+    try:
+        return sio.load(path)
+    except UntrustedTypesFoundException as err:
+        raise UserError(f"{path}: {err} Not loading it.") from err
