@@ -29,3 +29,13 @@ def instantiate(node, **kwargs):
         if isinstance(err.__cause__, UserError):
             raise err.__cause__ from None
         raise
+
+
+class RunStopped(Exception):
+    """Ends a run early on purpose (e.g. an Optuna trial pruned): not a failure.
+
+    The MLflow run ends with `status` and `tags` instead of FAILED.
+    """
+
+    status = "KILLED"
+    tags: dict[str, str] = {}  # noqa: RUF012 - class-level defaults, overridden per subclass

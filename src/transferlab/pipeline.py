@@ -42,6 +42,7 @@ from transferlab.tracking.artifacts import write_test_artifacts
 from transferlab.tracking.environment import device_name, environment_tags
 from transferlab.tracking.lightning_logger import TrackedRunLogger
 from transferlab.tracking.mlflow_run import TrackedRun, Tracker, tracking_uri
+from transferlab.tracking.sweep import PARENT_RUN_ENV
 
 GROUPS = (
     "backbone",
@@ -84,7 +85,7 @@ def run_experiment(cfg: DictConfig) -> float:
     check_accelerator(cfg.trainer.accelerator)
     tracker = Tracker(tracking_uri(cfg.tracking.uri), cfg.experiment_name)
     choices = group_choices()
-    target_cfg, tags = cfg, {}
+    target_cfg, tags = cfg, sweep_tags()
     if cfg.source:
         weights, source_run_id = pretrain_source(cfg, tracker, choices)
         target_cfg = with_source_weights(cfg, str(weights))
@@ -96,7 +97,8 @@ def run_experiment(cfg: DictConfig) -> float:
         return objective(main, cfg.optimize_metric)
     results = []
     if cfg.compare_scratch:
-        results.append(run_stage(scratch_config(cfg), tracker, _scratch(choices), "scratch"))
+        scratch = scratch_config(cfg)
+        results.append(run_stage(scratch, tracker, derived_choices(choices, scratch), "scratch"))
         tags["transferlab.baseline_run_id"] = results[0].run_id
     main = run_stage(target_cfg, tracker, choices, role, tags, baseline=next(iter(results), None))
     results.insert(0, main)
@@ -188,6 +190,14 @@ def mean_and_std(per_fold: list[dict[str, float]]) -> dict[str, float]:
     return summary
 
 
+def sweep_tags() -> dict[str, str]:
+    """Inside a multirun: the job's run is a child of the sweep's parent run."""
+    parent = os.environ.get(PARENT_RUN_ENV)
+    if not parent:
+        return {}
+    return {"mlflow.parentRunId": parent, "transferlab.overrides": " ".join(_overrides())}
+
+
 def run_tags(cfg: DictConfig, role: str) -> dict[str, str]:
     return {"transferlab.role": role, **environment_tags(device_name(cfg.trainer.accelerator))}
 
@@ -255,7 +265,11 @@ def pretrain_source(cfg: DictConfig, tracker: Tracker, choices: dict[str, str]):
     run_id = tracker.find_finished_run("transferlab.source_key", key)
     if run_id is None:
         stage = run_stage(
-            source_cfg, tracker, _scratch(choices), "source", {"transferlab.source_key": key}
+            source_cfg,
+            tracker,
+            derived_choices(choices, source_cfg),
+            "source",
+            {"transferlab.source_key": key},
         )
         run_id = stage.run_id
     else:
@@ -272,13 +286,22 @@ def pretrain_source(cfg: DictConfig, tracker: Tracker, choices: dict[str, str]):
 
 
 def source_config(cfg: DictConfig) -> DictConfig:
-    """The run's config with the source task merged in."""
-    return OmegaConf.merge(_single_full_finetune(cfg), cfg.source)
+    """The run's config with the source task merged in. The source network trains whole,
+    with a linear head, whatever the target's freeze strategy, head or regulariser."""
+    source = _single_stage(cfg)
+    source.head = {"name": "linear", "dropout": 0.0}
+    _train_everything(source)
+    return OmegaConf.merge(source, cfg.source)
 
 
 def scratch_config(cfg: DictConfig) -> DictConfig:
-    """The same model on the same target data, from random weights."""
-    return with_source_weights(_single_full_finetune(cfg), None)
+    """The same model on the same target data from random weights. A neural head trains
+    with the whole network; a scikit-learn head is fitted on the random network's features."""
+    scratch = _single_stage(cfg)
+    if cfg.head.name not in CLASSICAL_HEADS:
+        _train_everything(scratch)
+    scratch.regularizer = {"name": "none"}  # there is no source to stay close to
+    return with_source_weights(scratch, None)
 
 
 def with_source_weights(cfg: DictConfig, weights_path: str | None) -> DictConfig:
@@ -294,15 +317,21 @@ def with_source_weights(cfg: DictConfig, weights_path: str | None) -> DictConfig
     return updated
 
 
-def _single_full_finetune(cfg: DictConfig) -> DictConfig:
-    """A copy that runs one stage alone (no source, no baseline), every layer training at
-    the same rate: there are no pretrained weights to protect."""
+def _single_stage(cfg: DictConfig) -> DictConfig:
+    """A copy that runs one stage alone: no source stage, no baseline, no folds."""
     single = cfg.copy()
     single.source = {}
     single.compare_scratch = False
-    single.freeze = {"name": "none"}
-    single.optimizer.backbone_lr_mult = 1.0
+    single.cv.folds = None
     return single
+
+
+def _train_everything(cfg: DictConfig) -> None:
+    """Every layer trains at the same rate, unregularised: no pretrained weights to protect."""
+    cfg.freeze = {"name": "none"}
+    cfg.optimizer.backbone_lr_mult = 1.0
+    cfg.optimizer.layer_decay = None
+    cfg.regularizer = {"name": "none"}
 
 
 def config_key(cfg: DictConfig) -> str:
@@ -317,11 +346,10 @@ def _resolved(cfg: DictConfig) -> DictConfig:
     return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
 
 
-def _scratch(choices: dict[str, str]) -> dict[str, str]:
-    return {**choices, "freeze": "none"} if choices else choices
-
-
-# --- recording -------------------------------------------------------------------------
+def derived_choices(choices: dict[str, str], cfg: DictConfig) -> dict[str, str]:
+    """The group choices of a source or scratch stage, which replace some of the run's."""
+    replaced = {g: cfg[g].name for g in ("freeze", "regularizer", "head") if g in choices}
+    return {**choices, **replaced}
 
 
 def group_choices() -> dict[str, str]:

@@ -12,7 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from transferlab.config import validate
-from transferlab.errors import UserError
+from transferlab.errors import RunStopped, UserError
 from transferlab.studies import register_studies
 
 register_studies()
@@ -28,13 +28,28 @@ def run(cfg: DictConfig) -> float:
 
 @hydra.main(version_base="1.3", config_path="pkg://transferlab.conf", config_name="train")
 def main(cfg: DictConfig) -> float:
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        return run_sweep_job(cfg)
     try:
         return run(cfg)
     except UserError as error:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # the sweep records this job as failed and goes on
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def run_sweep_job(cfg: DictConfig) -> float:
+    """A failing job is recorded FAILED and the sweep goes on: its objective is NaN, which
+    sweepers treat as a failed trial. A stopped run (a pruned trial) is left to the sweeper."""
+    try:
+        return run(cfg)
+    except RunStopped:
+        raise
+    except Exception as error:
+        from transferlab.tracking.sweep import record_failed_job
+
+        print(f"error: job failed: {error}", file=sys.stderr)
+        record_failed_job(cfg, error)
+        return float("nan")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from transferlab.errors import RunStopped
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MAX_PARAM_VALUE = 6000  # MLflow's limit
 BATCH = 100  # MLflow accepts at most 100 params per log_batch
@@ -66,6 +68,7 @@ class TrackedRun:
         run = client.create_run(experiment_id, run_name=name, tags=dict(tags))
         self.run_id = run.info.run_id
         self.name = name
+        self.in_sweep = "mlflow.parentRunId" in tags
 
     def __enter__(self) -> TrackedRun:
         return self
@@ -73,11 +76,16 @@ class TrackedRun:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
             status = "FINISHED"
+        elif issubclass(exc_type, RunStopped):
+            status = exc.status
+            self.set_tags({**exc.tags, "transferlab.stopped": str(exc)[:MAX_PARAM_VALUE]})
         elif issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
             status = "KILLED"
         else:
             status = "FAILED"
             self.set_tags({"error": f"{exc_type.__name__}: {exc}"[:MAX_PARAM_VALUE]})
+            if self.in_sweep:
+                exc.recorded_in_sweep = True  # the sweep need not record this job again
         self.client.set_terminated(self.run_id, status)
         return False
 

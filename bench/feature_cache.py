@@ -1,0 +1,88 @@
+"""How much the frozen-feature cache saves on a sweep of head trials.
+
+Runs the same N-trial linear-probe sweep (resnet18, random weights: the cost is the same as
+pretrained ones, and it runs offline) through the real task function twice, in this one
+process: with the cache (a fresh cache folder, so the first trial computes the features)
+and without it (the backbone in every step). Prints a table and writes
+bench/results/feature_cache.json.
+
+    python bench/feature_cache.py [--trials 10] [--epochs 5] [--input-size 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from transferlab.train import run
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def sweep(trials: int, overrides: list[str], workdir: Path) -> float:
+    """Wall time of `trials` head trials (learning rates 1e-4 .. 1e-1)."""
+    start = time.perf_counter()
+    for trial in range(trials):
+        lr = 10 ** (-4 + 3 * trial / max(trials - 1, 1))
+        GlobalHydra.instance().clear()
+        with initialize_config_module("transferlab.conf", version_base="1.3"):
+            cfg = compose("train", [*overrides, f"optimizer.lr={lr}"], return_hydra_config=True)
+        HydraConfig().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+            cfg.output_dir = str(workdir / f"trial{trial}")
+        run(cfg)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--input-size", type=int, default=32)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        common = [
+            "backbone=resnet18",
+            "backbone.weights=null",
+            f"backbone.input_size={args.input_size}",
+            "freeze=linear_probe",
+            f"trainer.max_epochs={args.epochs}",
+            "~callbacks.progress_bar",
+            f"tracking.uri=sqlite:///{work / 'mlflow.db'}",
+            "experiment_name=bench_feature_cache",
+        ]
+        sweep(1, [*common, "feature_cache.enabled=false"], work / "warmup")  # imports, DB
+        cached = sweep(
+            args.trials,
+            [*common, "feature_cache.enabled=true", f"feature_cache.dir={work / 'cache'}"],
+            work / "cached",
+        )
+        uncached = sweep(args.trials, [*common, "feature_cache.enabled=false"], work / "plain")
+    record = {
+        "case": f"{args.trials}-trial linear-probe sweep, resnet18 {args.input_size}px, digits",
+        "metric": "wall seconds (lower is better)",
+        "transferlab": round(cached, 2),
+        "baseline": round(uncached, 2),
+        "ratio": round(cached / uncached, 4),
+        "speedup": round(uncached / cached, 1),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "feature_cache.json").write_text(json.dumps([record], indent=2))
+    print(f"\n{record['case']}, {args.epochs} epochs each")
+    print(f"  with the feature cache: {cached:7.1f} s ({cached / args.trials:.2f} s a trial)")
+    print(f"  without it:             {uncached:7.1f} s ({uncached / args.trials:.2f} s a trial)")
+    print(f"  speed-up: {record['speedup']}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""A Hydra multirun as one MLflow study: a parent run, created once when the multirun
+starts, and each job's run as its child (tag `mlflow.parentRunId`, which works across
+processes, unlike MLflow's `nested=True`).
+
+The parent's id reaches the jobs through an environment variable: set before the launcher
+starts, it is inherited by in-process jobs, joblib workers and submitted cluster jobs alike.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+PARENT_RUN_ENV = "TRANSFERLAB_PARENT_RUN_ID"
+
+
+class SweepTracking(Callback):
+    def __init__(self) -> None:
+        self.parent_run_id: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from transferlab.tracking.mlflow_run import Tracker, tracking_uri
+
+        self.tracker = Tracker(tracking_uri(config.tracking.uri), config.experiment_name)
+        run = self.tracker.client.create_run(
+            self.tracker.experiment_id,
+            run_name=f"sweep-{Path(config.hydra.sweep.dir).name}",
+            tags={
+                "transferlab.role": "sweep",
+                "transferlab.sweeper": config.hydra.sweeper.get("_target_", ""),
+                "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            },
+        )
+        self.parent_run_id = run.info.run_id
+        os.environ[PARENT_RUN_ENV] = self.parent_run_id
+        self._log_definition(config)
+        atexit.register(self._fail_if_unfinished)  # a crashed sweeper leaves nothing RUNNING
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        children = self.tracker.client.search_runs(
+            [self.tracker.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+            max_results=10000,
+        )
+        counts = Counter(_outcome(r) for r in children)
+        summary = sweep_summary(children, config.optimize_metric)
+        client, parent = self.tracker.client, self.parent_run_id
+        client.set_tag(parent, "transferlab.outcomes", dict(sorted(counts.items())))
+        if summary:
+            client.set_tag(parent, "transferlab.best_run_id", summary["run_id"])
+            client.log_metric(parent, f"best/{config.optimize_metric}", summary["objective"])
+        client.set_terminated(parent, "FINISHED")
+        atexit.unregister(self._fail_if_unfinished)
+        os.environ.pop(PARENT_RUN_ENV, None)
+        _print_summary(counts, summary, config.optimize_metric, parent)
+        if counts["failed"]:
+            sys.exit(1)  # the multirun's exit code says that jobs failed
+
+    def _log_definition(self, config: DictConfig) -> None:
+        """The sweep definition (multirun.yaml) and the swept parameters as params."""
+        folder = Path(config.hydra.sweep.dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        definition = folder / "multirun.yaml"
+        OmegaConf.save(config, definition, resolve=False)
+        self.tracker.client.log_artifact(self.parent_run_id, str(definition))
+        params = config.hydra.sweeper.get("params")
+        swept = OmegaConf.to_container(params, resolve=False) if params else {}
+        overrides = list(config.hydra.overrides.task)
+        for override in overrides:
+            key, _, values = override.partition("=")
+            if not key.startswith("~"):  # a deletion sweeps nothing
+                swept.setdefault(key.lstrip("+"), values)
+        for key, values in swept.items():
+            self.tracker.client.log_param(self.parent_run_id, f"sweep.{key}", str(values)[:6000])
+
+    def _fail_if_unfinished(self) -> None:
+        run = self.tracker.client.get_run(self.parent_run_id)
+        if run.info.status == "RUNNING":
+            self.tracker.client.set_terminated(self.parent_run_id, "FAILED")
+
+
+def record_failed_job(cfg: DictConfig, error: Exception) -> None:
+    """A job that failed before its run existed (or outside it) still leaves a FAILED child."""
+    parent = os.environ.get(PARENT_RUN_ENV)
+    if not parent or getattr(error, "recorded_in_sweep", False):
+        return
+    from hydra.core.hydra_config import HydraConfig
+
+    from transferlab.tracking.mlflow_run import Tracker, tracking_uri
+
+    tracker = Tracker(tracking_uri(cfg.tracking.uri), cfg.experiment_name)
+    overrides = " ".join(HydraConfig.get().overrides.task)
+    tags = {
+        "mlflow.parentRunId": parent,
+        "transferlab.overrides": overrides,
+        "error": f"{type(error).__name__}: {error}"[:6000],
+    }
+    run = tracker.client.create_run(tracker.experiment_id, run_name="failed-job", tags=tags)
+    tracker.client.set_terminated(run.info.run_id, "FAILED")
+
+
+def _outcome(run) -> str:
+    if run.data.tags.get("transferlab.pruned") == "true":
+        return "pruned"
+    return {"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed"}.get(
+        run.info.status, run.info.status.lower()
+    )
+
+
+def sweep_summary(children: list, metric: str) -> dict[str, Any] | None:
+    """The best finished child by `metric` (its checkpointed best when logged)."""
+    higher_is_better = "loss" not in metric
+    scored = []
+    for run in children:
+        value = run.data.metrics.get(f"{metric}_best", run.data.metrics.get(metric))
+        if run.info.status == "FINISHED" and value is not None and not math.isnan(value):
+            scored.append((value, run))
+    if not scored:
+        return None
+    value, best = (max if higher_is_better else min)(scored, key=lambda pair: pair[0])
+    return {
+        "run_id": best.info.run_id,
+        "run_name": best.info.run_name,
+        "objective": value,
+        "overrides": best.data.tags.get("transferlab.overrides", ""),
+    }
+
+
+def _print_summary(counts: Counter, summary: dict | None, metric: str, parent: str) -> None:
+    total = sum(counts.values())
+    parts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+    print(f"\nSweep {parent}: {total} jobs ({parts or 'none recorded'})")
+    if summary:
+        print(
+            f"best: {summary['run_name']} ({summary['run_id']}) {metric}={summary['objective']:.4f}"
+            f" [{summary['overrides']}]"
+        )
