@@ -46,9 +46,13 @@ def experiment(request) -> str:
 
 
 @pytest.fixture
-def make_config(tmp_path, tracking_uri, experiment, feature_cache_dir) -> Callable[..., DictConfig]:
+def make_config(
+    tmp_path, tracking_uri, client, experiment, feature_cache_dir
+) -> Callable[..., DictConfig]:
     """Composes a config as the Hydra app would (HydraConfig set, choices recorded)."""
     register_studies()
+    if client.get_experiment_by_name(experiment) is None:  # artifacts in tmp, not ./mlruns
+        client.create_experiment(experiment, artifact_location=str(tmp_path / "artifacts"))
 
     def make(*overrides: str, config_name: str = "train") -> DictConfig:
         GlobalHydra.instance().clear()

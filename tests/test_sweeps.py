@@ -9,8 +9,6 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-pytestmark = pytest.mark.slow
-
 
 def multirun(cwd, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TRANSFERLAB_"))}
@@ -20,6 +18,7 @@ def multirun(cwd, *args: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_grid_multirun_is_one_study_and_survives_a_failing_job(tmp_path):
     result = multirun(
         tmp_path,
@@ -50,3 +49,52 @@ def test_grid_multirun_is_one_study_and_survives_a_failing_job(tmp_path):
     best = max(finished, key=lambda r: r.data.metrics["val/acc_best"])
     assert parent.data.tags["transferlab.best_run_id"] == best.info.run_id
     assert parent.data.metrics["best/val/acc"] == best.data.metrics["val/acc_best"]
+
+
+@pytest.mark.slow
+def test_parallel_workers_on_one_sqlite_store_lose_nothing(tmp_path):
+    """2 joblib workers x 6 jobs writing to one sqlite file: every run, every metric."""
+    epochs = 3
+    result = multirun(
+        tmp_path,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "optimizer.lr=1e-3,2e-3,3e-3",
+        "seed=1,2",
+        f"trainer.max_epochs={epochs}",
+        "~callbacks.progress_bar",
+        "~callbacks.early_stopping",
+        "experiment_name=parallel",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "6 jobs (6 finished)" in result.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("parallel").experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 6
+    assert {(r.data.params["optimizer.lr"], r.data.params["seed"]) for r in children} == {
+        (lr, seed) for lr in ("0.001", "0.002", "0.003") for seed in ("1", "2")
+    }
+    for run in children:
+        assert run.info.status == "FINISHED"
+        for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert sorted(steps) == list(range(epochs)), (key, steps)
+        assert {"test/acc", "test/loss", "val/acc_best"} <= set(run.data.metrics)
+
+
+def test_slurm_launcher_config_composes():
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("transferlab.conf", version_base="1.3"):
+        cfg = compose(
+            "train",
+            ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "trainer=gpu"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert (
+        launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    )
+    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 1, 240)
+    assert cfg.trainer.accelerator == "gpu"

@@ -38,32 +38,15 @@ from transferlab.frozen import (
 from transferlab.models.backbones import Backbone
 from transferlab.models.heads import build_head
 from transferlab.module import TransferModule
+from transferlab.objective import BOOKKEEPING_KEYS, GROUPS, objective_value
 from transferlab.tracking.artifacts import write_test_artifacts
 from transferlab.tracking.environment import device_name, environment_tags
 from transferlab.tracking.lightning_logger import TrackedRunLogger
 from transferlab.tracking.mlflow_run import TrackedRun, Tracker, tracking_uri
 from transferlab.tracking.sweep import PARENT_RUN_ENV
 
-GROUPS = (
-    "backbone",
-    "dataset",
-    "head",
-    "freeze",
-    "regularizer",
-    "optimizer",
-    "scheduler",
-    "trainer",
-    "source",
-)
-# Keys that say where results go, not what is computed: left out of the source-reuse key.
-BOOKKEEPING_KEYS = (
-    "output_dir",
-    "tracking",
-    "experiment_name",
-    "optimize_metric",
-    "compare_scratch",
-)
 SOURCE_WEIGHTS = "backbone.pt"
+EXPERIMENT_CONFIG = "experiment.yaml"
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # Lightning's INFO lines (accelerator banners, tips, checkpoint restores) drown the results.
@@ -81,11 +64,18 @@ class StageResult:
 
 
 def run_experiment(cfg: DictConfig) -> float:
+    """Runs what the config asks for and returns the objective (for Hydra sweepers)."""
+    main = run_stages(cfg, group_choices(), sweep_tags())
+    return objective(main, cfg.optimize_metric)
+
+
+def run_stages(cfg: DictConfig, choices: dict[str, str], tags: dict[str, str]) -> StageResult:
+    """[source stage] -> [scratch baseline] -> main stage (or its folds); returns the main."""
     cfg = _resolved(cfg)
     check_accelerator(cfg.trainer.accelerator)
-    tracker = Tracker(tracking_uri(cfg.tracking.uri), cfg.experiment_name)
-    choices = group_choices()
-    target_cfg, tags = cfg, sweep_tags()
+    share_cpus_between_workers()
+    tracker = Tracker(tracking_uri(cfg.tracking.uri), cfg.experiment_name, experiment=cfg)
+    target_cfg, tags = cfg, dict(tags)
     if cfg.source:
         weights, source_run_id = pretrain_source(cfg, tracker, choices)
         target_cfg = with_source_weights(cfg, str(weights))
@@ -94,7 +84,7 @@ def run_experiment(cfg: DictConfig) -> float:
     if cfg.cv.folds:
         main = run_cross_validation(target_cfg, tracker, choices, role, tags)
         print_summary([main], tracker)
-        return objective(main, cfg.optimize_metric)
+        return main
     results = []
     if cfg.compare_scratch:
         scratch = scratch_config(cfg)
@@ -103,7 +93,7 @@ def run_experiment(cfg: DictConfig) -> float:
     main = run_stage(target_cfg, tracker, choices, role, tags, baseline=next(iter(results), None))
     results.insert(0, main)
     print_summary(results, tracker)
-    return objective(main, cfg.optimize_metric)
+    return main
 
 
 def run_stage(
@@ -119,7 +109,7 @@ def run_stage(
     name = run_name(cfg, choices, role) + (f"-fold{fold.index}" if fold else "")
     with tracker.start_run(name, {**run_tags(cfg, role), **(tags or {})}) as run:
         stage_dir = Path(cfg.output_dir) / role / (f"fold{fold.index}" if fold else "")
-        log_config(run, cfg, choices, role, stage_dir)
+        log_config(run, tracker, cfg, choices, role, stage_dir)
         backbone, data = build_backbone_and_data(cfg, fold)
         precision = resolve_precision(cfg.trainer.get("precision"))
         if cfg.head.name in CLASSICAL_HEADS:
@@ -169,7 +159,7 @@ def run_cross_validation(
     folds = cfg.cv.folds
     name = f"{run_name(cfg, choices, role)}-cv{folds}"
     with tracker.start_run(name, {**run_tags(cfg, f"{role}-cv"), **tags}) as parent:
-        log_config(parent, cfg, choices, role, Path(cfg.output_dir) / role)
+        log_config(parent, tracker, cfg, choices, role, Path(cfg.output_dir) / role)
         child_tags = {**tags, "mlflow.parentRunId": parent.run_id}
         results = [
             run_stage(cfg, tracker, choices, role, child_tags, fold=Fold(i, folds))
@@ -188,6 +178,21 @@ def mean_and_std(per_fold: list[dict[str, float]]) -> dict[str, float]:
         summary[key] = float(values.mean())
         summary[f"{key}_std"] = float(values.std(ddof=1))
     return summary
+
+
+def share_cpus_between_workers() -> None:
+    """Parallel jobs (hydra/launcher=joblib) each get their share of the cores: n workers
+    each using every core would fight over them."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    launcher = HydraConfig.get().launcher
+    if "joblib" not in str(launcher.get("_target_", "")):
+        return
+    cores = os.cpu_count() or 1
+    workers = launcher.n_jobs if launcher.n_jobs > 0 else cores
+    torch.set_num_threads(max(1, cores // workers))
 
 
 def sweep_tags() -> dict[str, str]:
@@ -371,16 +376,25 @@ def run_name(cfg: DictConfig, choices: dict[str, str], role: str) -> str:
     return f"{backbone}-{freeze}-{optimizer}"
 
 
-def log_config(run: TrackedRun, cfg: DictConfig, choices: dict, role: str, stage_dir: Path) -> None:
-    """Group choices and every leaf value as params; the full config and overrides as files."""
+def log_config(
+    run: TrackedRun,
+    tracker: Tracker,
+    cfg: DictConfig,
+    choices: dict,
+    role: str,
+    stage_dir: Path,
+) -> None:
+    """Group choices and every leaf value as params; as files, this stage's full config,
+    the command-line overrides and the whole experiment's config (what a rerun runs)."""
     params = {**choices, "role": role, **_flatten(OmegaConf.to_container(cfg, resolve=True))}
     params.pop("output_dir")  # differs every run; the run's own folder, not a setting
     run.log_params(params)
     stage_dir.mkdir(parents=True, exist_ok=True)
     (stage_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     (stage_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(_overrides()))
-    run.log_artifact(stage_dir / "config.yaml")
-    run.log_artifact(stage_dir / "overrides.yaml")
+    (stage_dir / EXPERIMENT_CONFIG).write_text(OmegaConf.to_yaml(tracker.experiment))
+    for name in ("config.yaml", "overrides.yaml", EXPERIMENT_CONFIG):
+        run.log_artifact(stage_dir / name)
 
 
 def _overrides() -> list[str]:
@@ -437,13 +451,11 @@ def record_artifacts(
 
 
 def objective(result: StageResult, metric: str) -> float:
-    """The checkpointed best of `metric` when it is the monitored one, else its final value."""
-    for key in (f"{metric}_best", metric):
-        if key in result.metrics:
-            return result.metrics[key]
-    raise UserError(
-        f"optimize_metric={metric!r} was not logged; use {one_of(sorted(result.metrics))}"
-    )
+    value = objective_value(result.metrics, metric)
+    if value is None:
+        logged = one_of(sorted(result.metrics))
+        raise UserError(f"optimize_metric={metric!r} was not logged; use {logged}")
+    return value
 
 
 def print_summary(results: list[StageResult], tracker: Tracker) -> None:

@@ -6,7 +6,9 @@ Ctrl-C; never left RUNNING. Metrics go out in batches (one request per Lightning
 
 from __future__ import annotations
 
+import functools
 import os
+import random
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,13 +29,45 @@ def tracking_uri(configured: str | None) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-class Tracker:
-    """One experiment in one store; hands out runs."""
+class RetryingClient:
+    """An MlflowClient whose calls wait and retry while the store is locked: sqlite lets
+    one process write at a time, and parallel sweep workers share one file."""
 
-    def __init__(self, uri: str, experiment_name: str):
+    ATTEMPTS = 10
+
+    def __init__(self, client: MlflowClient):
+        self._client = client
+
+    def __getattr__(self, name: str):
+        if name == "_client":  # not set yet while unpickling (joblib workers)
+            raise AttributeError(name)
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        @functools.wraps(attribute)
+        def call(*args, **kwargs):
+            for attempt in range(self.ATTEMPTS - 1):
+                try:
+                    return attribute(*args, **kwargs)
+                except Exception as err:
+                    if "database is locked" not in str(err):
+                        raise
+                    time.sleep(0.05 * 2**attempt * (1 + random.random()))
+            return attribute(*args, **kwargs)
+
+        return call
+
+
+class Tracker:
+    """One experiment in one store; hands out runs. `experiment` is the config that every
+    run of this invocation records, so that any of them can be rerun."""
+
+    def __init__(self, uri: str, experiment_name: str, experiment: Any = None):
         self.uri = uri
+        self.experiment = experiment
         mlflow.set_tracking_uri(uri)  # also for `runs:/` / `models:/` weights resolved later
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = RetryingClient(MlflowClient(tracking_uri=uri))
         experiment = self.client.get_experiment_by_name(experiment_name)
         if experiment is None:
             self.experiment_id = self.client.create_experiment(

@@ -19,6 +19,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from transferlab.objective import lower_is_better, objective_value
+
 PARENT_RUN_ENV = "TRANSFERLAB_PARENT_RUN_ID"
 
 
@@ -102,6 +104,7 @@ def record_failed_job(cfg: DictConfig, error: Exception) -> None:
         "mlflow.parentRunId": parent,
         "transferlab.overrides": overrides,
         "error": f"{type(error).__name__}: {error}"[:6000],
+        "transferlab.role": "failed-job",
     }
     run = tracker.client.create_run(tracker.experiment_id, run_name="failed-job", tags=tags)
     tracker.client.set_terminated(run.info.run_id, "FAILED")
@@ -117,15 +120,14 @@ def _outcome(run) -> str:
 
 def sweep_summary(children: list, metric: str) -> dict[str, Any] | None:
     """The best finished child by `metric` (its checkpointed best when logged)."""
-    higher_is_better = "loss" not in metric
     scored = []
     for run in children:
-        value = run.data.metrics.get(f"{metric}_best", run.data.metrics.get(metric))
+        value = objective_value(run.data.metrics, metric)
         if run.info.status == "FINISHED" and value is not None and not math.isnan(value):
             scored.append((value, run))
     if not scored:
         return None
-    value, best = (max if higher_is_better else min)(scored, key=lambda pair: pair[0])
+    value, best = (min if lower_is_better(metric) else max)(scored, key=lambda pair: pair[0])
     return {
         "run_id": best.info.run_id,
         "run_name": best.info.run_name,

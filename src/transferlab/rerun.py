@@ -1,0 +1,101 @@
+"""`python -m transferlab.rerun RUN_ID` (console script `transferlab-rerun`): runs a
+finished run again from what MLflow recorded, and says whether its final metrics match.
+
+The run's `experiment.yaml` is the resolved config of the whole invocation (source stage,
+baseline and all) and its params hold the group choices, so nothing depends on the config
+files as they are today. The new run is tagged `transferlab.rerun_of`. On the CPU, with
+deterministic algorithms, the metrics must match exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from transferlab.errors import UserError
+from transferlab.objective import GROUPS
+
+COMPARED = ("test/acc", "test/loss", "val/acc_best")
+
+
+def rerun(run_id: str, tracking_uri: str | None = None, output_dir: str | None = None) -> bool:
+    """Reruns `run_id`; True when every compared final metric is identical."""
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+    from omegaconf import OmegaConf
+
+    from transferlab.pipeline import run_stages
+    from transferlab.tracking.mlflow_run import RetryingClient
+    from transferlab.tracking.mlflow_run import tracking_uri as default_uri
+
+    uri = default_uri(tracking_uri)
+    client = RetryingClient(MlflowClient(uri))
+    try:
+        original = client.get_run(run_id)
+        config_file = download_artifacts(
+            run_id=run_id, artifact_path="experiment.yaml", tracking_uri=uri
+        )
+    except MlflowException as err:
+        raise UserError(f"cannot rerun {run_id}: {str(err).partition(chr(10))[0]}") from err
+    if original.info.status != "FINISHED":
+        raise UserError(f"run {run_id} is {original.info.status}; only finished runs are rerun")
+    _warn_if_code_changed(original.data.tags.get("mlflow.source.git.commit"))
+    cfg = OmegaConf.load(config_file)
+    cfg.tracking.uri = uri
+    cfg.output_dir = output_dir or str(
+        Path("outputs") / f"rerun-{run_id[:8]}-{time.strftime('%H%M%S')}"
+    )
+    choices = {g: v for g, v in original.data.params.items() if g in GROUPS}
+    new = run_stages(cfg, choices, {"transferlab.rerun_of": run_id})
+    return _report(original.data.metrics, new.metrics, new.run_id)
+
+
+def _warn_if_code_changed(recorded: str | None) -> None:
+    try:
+        current = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        current = None
+    if recorded and current and recorded != current:
+        print(
+            f"warning: the run was made at commit {recorded[:12]}, the code here is at "
+            f"{current[:12]}: results may differ",
+            file=sys.stderr,
+        )
+
+
+def _report(original: dict[str, float], new: dict[str, float], new_run_id: str) -> bool:
+    same = True
+    print(f"rerun: {new_run_id}")
+    for key in COMPARED:
+        if key in original:
+            before, after = original[key], new.get(key)
+            match = before == after
+            same &= match
+            print(f"  {key:14} {before:.6f} -> {after:.6f}  {'match' if match else 'DIFFERS'}")
+    print("final metrics match exactly" if same else "final metrics differ")
+    return same
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run_id", help="the MLflow run to rerun (a finished run)")
+    parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI "
+                        "or sqlite:///mlflow.db)")  # fmt: skip
+    parser.add_argument("--output-dir", help="where checkpoints and plots go")
+    args = parser.parse_args(argv)
+    try:
+        same = rerun(args.run_id, args.tracking_uri, args.output_dir)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    raise SystemExit(0 if same else 1)
+
+
+if __name__ == "__main__":
+    main()
