@@ -45,7 +45,10 @@ def test_grid_multirun_is_one_study_and_survives_a_failing_job(tmp_path):
     assert {r.data.params["freeze"] for r in finished} == {"none", "linear_probe"}
     assert {r.data.params["optimizer.lr"] for r in finished} == {"0.001"}
     assert parent.data.params["sweep.freeze"] == "none,linear_probe"
-    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["multirun.yaml"]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert artifacts == {"multirun.yaml", "report"}
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.md", "report/val_curves.png", "report/choices_freeze.png"} <= report
     best = max(finished, key=lambda r: r.data.metrics["val/acc_best"])
     assert parent.data.tags["transferlab.best_run_id"] == best.info.run_id
     assert parent.data.metrics["best/val/acc"] == best.data.metrics["val/acc_best"]

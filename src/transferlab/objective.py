@@ -25,6 +25,7 @@ BOOKKEEPING_KEYS = (
     "optimize_metric",
     "compare_scratch",
     "feature_cache",
+    "optuna",  # which sweep trial a run is, not what it computes
 )
 
 

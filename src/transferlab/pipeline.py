@@ -39,6 +39,7 @@ from transferlab.models.backbones import Backbone
 from transferlab.models.heads import build_head
 from transferlab.module import TransferModule
 from transferlab.objective import BOOKKEEPING_KEYS, GROUPS, objective_value
+from transferlab.pruning import pruning_callbacks
 from transferlab.tracking.artifacts import write_test_artifacts
 from transferlab.tracking.environment import device_name, environment_tags
 from transferlab.tracking.lightning_logger import TrackedRunLogger
@@ -238,7 +239,8 @@ def build_module(cfg: DictConfig, backbone: Backbone, num_classes: int) -> Trans
 def build_trainer(
     cfg: DictConfig, logger: TrackedRunLogger, stage_dir: Path, precision: str
 ) -> pl.Trainer:
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    configured = [instantiate(c) for c in cfg.callbacks.values() if c is not None]  # null: off
+    callbacks = [*configured, *pruning_callbacks(cfg)]
     return instantiate(
         cfg.trainer,
         precision=precision,
@@ -328,6 +330,7 @@ def _single_stage(cfg: DictConfig) -> DictConfig:
     single.source = {}
     single.compare_scratch = False
     single.cv.folds = None
+    single.pop("optuna", None)  # only the main stage reports to an Optuna trial
     return single
 
 
@@ -445,6 +448,8 @@ def record_artifacts(
         run.log_artifact(path, "test")
     if best:
         run.log_artifact(best, "checkpoints")
+    if isinstance(module.backbone, FeaturesAsInput):
+        return  # the backbone never trained: it is the source's, already recorded where it is
     weights = stage_dir / SOURCE_WEIGHTS
     torch.save(backbone.source_state_dict(getattr(module.head, "linear", None)), weights)
     run.log_artifact(weights)

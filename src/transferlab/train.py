@@ -11,11 +11,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from hydra_plugins.transferlab_optuna import register_optuna_sweeper
 from transferlab.config import validate
 from transferlab.errors import RunStopped, UserError
 from transferlab.studies import register_studies
 
 register_studies()
+register_optuna_sweeper()
 
 
 def run(cfg: DictConfig) -> float:

@@ -20,6 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.objective import lower_is_better, objective_value
+from transferlab.report import write_report
 
 PARENT_RUN_ENV = "TRANSFERLAB_PARENT_RUN_ID"
 
@@ -59,6 +60,8 @@ class SweepTracking(Callback):
         if summary:
             client.set_tag(parent, "transferlab.best_run_id", summary["run_id"])
             client.log_metric(parent, f"best/{config.optimize_metric}", summary["objective"])
+        if summary:  # the report's table and plots, as artifacts of the parent
+            write_report(parent, Path(config.hydra.sweep.dir) / "report", self.tracker.uri)
         client.set_terminated(parent, "FINISHED")
         atexit.unregister(self._fail_if_unfinished)
         os.environ.pop(PARENT_RUN_ENV, None)
