@@ -54,6 +54,8 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
 # Lightning 2.6 on torch 2.14 warns about its own use of a torch API; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+# Frozen BatchNorm layers are put in eval mode on purpose (see TransferModule.train).
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start")
 
 
 @dataclass
