@@ -3,8 +3,7 @@
 Runs the same N-trial linear-probe sweep (resnet18, random weights: the cost is the same as
 pretrained ones, and it runs offline) through the real task function twice, in this one
 process: with the cache (a fresh cache folder, so the first trial computes the features)
-and without it (the backbone in every step). Prints a table and writes
-bench/results/feature_cache.json.
+and without it (the backbone in every step).
 
     python bench/feature_cache.py [--trials 10] [--epochs 5] [--input-size 32]
 """
@@ -12,7 +11,6 @@ bench/results/feature_cache.json.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -23,8 +21,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 from transferlab.train import run
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def sweep(trials: int, overrides: list[str], workdir: Path) -> float:
@@ -43,45 +39,46 @@ def sweep(trials: int, overrides: list[str], workdir: Path) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--input-size", type=int, default=32)
-    args = parser.parse_args()
+def records(trials: int = 10, epochs: int = 5, input_size: int = 32) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         common = [
             "backbone=resnet18",
             "backbone.weights=null",
-            f"backbone.input_size={args.input_size}",
+            f"backbone.input_size={input_size}",
             "freeze=linear_probe",
-            f"trainer.max_epochs={args.epochs}",
+            f"trainer.max_epochs={epochs}",
             "~callbacks.progress_bar",
             f"tracking.uri=sqlite:///{work / 'mlflow.db'}",
             "experiment_name=bench_feature_cache",
         ]
         sweep(1, [*common, "feature_cache.enabled=false"], work / "warmup")  # imports, DB
         cached = sweep(
-            args.trials,
+            trials,
             [*common, "feature_cache.enabled=true", f"feature_cache.dir={work / 'cache'}"],
             work / "cached",
         )
-        uncached = sweep(args.trials, [*common, "feature_cache.enabled=false"], work / "plain")
-    record = {
-        "case": f"{args.trials}-trial linear-probe sweep, resnet18 {args.input_size}px, digits",
-        "metric": "wall seconds (lower is better)",
-        "transferlab": round(cached, 2),
-        "baseline": round(uncached, 2),
-        "ratio": round(cached / uncached, 4),
-        "speedup": round(uncached / cached, 1),
-    }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "feature_cache.json").write_text(json.dumps([record], indent=2))
-    print(f"\n{record['case']}, {args.epochs} epochs each")
-    print(f"  with the feature cache: {cached:7.1f} s ({cached / args.trials:.2f} s a trial)")
-    print(f"  without it:             {uncached:7.1f} s ({uncached / args.trials:.2f} s a trial)")
-    print(f"  speed-up: {record['speedup']}x")
+        uncached = sweep(trials, [*common, "feature_cache.enabled=false"], work / "plain")
+    return [
+        {
+            "case": f"{trials}-trial linear-probe sweep, resnet18 {input_size}px, {epochs} epochs",
+            "metric": "wall seconds with / without the feature cache (lower is better)",
+            "transferlab": round(cached, 2),
+            "baseline": round(uncached, 2),
+            "ratio": round(cached / uncached, 4),
+            "speedup": round(uncached / cached, 1),
+        }
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--input-size", type=int, default=32)
+    args = parser.parse_args()
+    for record in records(args.trials, args.epochs, args.input_size):
+        print(record)
 
 
 if __name__ == "__main__":

@@ -80,6 +80,8 @@ class TransferModule(pl.LightningModule):
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         """Applies the warm-up of newly unfrozen stages for this step only, so schedulers
         keep seeing (and stepping) the learning rates they set."""
+        if not self.freeze.get("warmup_epochs"):  # nothing to warm up: the plain step
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         position = epoch + batch_idx / max(self.trainer.num_training_batches, 1)
         scheduled = [group["lr"] for group in optimizer.param_groups]
         for group in optimizer.param_groups:
@@ -123,7 +125,7 @@ class TransferModule(pl.LightningModule):
 
     def _log(self, split: str, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor):
         accuracy = self.accuracy[f"{split}_acc"]
-        accuracy(logits, targets)
+        accuracy.update(logits, targets)  # computed once per epoch, when logged
         size = len(targets)
         self.log(
             f"{split}/loss", loss, on_epoch=True, on_step=False, batch_size=size, sync_dist=True
