@@ -9,6 +9,7 @@ import platform
 from pathlib import Path
 
 import feature_cache
+import startup
 import throughput
 import torch
 
@@ -16,7 +17,7 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
-    records = [*throughput.records(), *feature_cache.records()]
+    records = [*throughput.records(), *startup.records(), *feature_cache.records()]
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     for record in records:
         record["machine"] = machine
