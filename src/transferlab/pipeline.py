@@ -8,13 +8,11 @@ the same model is also trained from scratch on the target data, as the baseline.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -38,16 +36,21 @@ from transferlab.frozen import (
 from transferlab.models.backbones import Backbone
 from transferlab.models.heads import build_head
 from transferlab.module import TransferModule
-from transferlab.objective import BOOKKEEPING_KEYS, GROUPS, objective_value
+from transferlab.objective import objective_value
 from transferlab.pruning import pruning_callbacks
+from transferlab.stage_configs import (
+    config_key,
+    derived_choices,
+    scratch_config,
+    source_config,
+    with_source_weights,
+)
 from transferlab.tracking.artifacts import write_test_artifacts
-from transferlab.tracking.environment import device_name, environment_tags
 from transferlab.tracking.lightning_logger import TrackedRunLogger
 from transferlab.tracking.mlflow_run import TrackedRun, Tracker, tracking_uri
-from transferlab.tracking.sweep import PARENT_RUN_ENV
+from transferlab.tracking.run_info import group_choices, log_config, run_name, run_tags, sweep_tags
 
 SOURCE_WEIGHTS = "backbone.pt"
-EXPERIMENT_CONFIG = "experiment.yaml"
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # Lightning's INFO lines (accelerator banners, tips, checkpoint restores) drown the results.
@@ -198,18 +201,6 @@ def share_cpus_between_workers() -> None:
     torch.set_num_threads(max(1, cores // workers))
 
 
-def sweep_tags() -> dict[str, str]:
-    """Inside a multirun: the job's run is a child of the sweep's parent run."""
-    parent = os.environ.get(PARENT_RUN_ENV)
-    if not parent:
-        return {}
-    return {"mlflow.parentRunId": parent, "transferlab.overrides": " ".join(_overrides())}
-
-
-def run_tags(cfg: DictConfig, role: str) -> dict[str, str]:
-    return {"transferlab.role": role, **environment_tags(device_name(cfg.trainer.accelerator))}
-
-
 def build_backbone_and_data(
     cfg: DictConfig, fold: Fold | None = None
 ) -> tuple[Backbone, TransferDataModule]:
@@ -294,127 +285,8 @@ def pretrain_source(cfg: DictConfig, tracker: Tracker, choices: dict[str, str]):
 # --- derived configs -------------------------------------------------------------------
 
 
-def source_config(cfg: DictConfig) -> DictConfig:
-    """The run's config with the source task merged in. The source network trains whole,
-    with a linear head, whatever the target's freeze strategy, head or regulariser."""
-    source = _single_stage(cfg)
-    source.head = {"name": "linear", "dropout": 0.0}
-    _train_everything(source)
-    return OmegaConf.merge(source, cfg.source)
-
-
-def scratch_config(cfg: DictConfig) -> DictConfig:
-    """The same model on the same target data from random weights. A neural head trains
-    with the whole network; a scikit-learn head is fitted on the random network's features."""
-    scratch = _single_stage(cfg)
-    if cfg.head.name not in CLASSICAL_HEADS:
-        _train_everything(scratch)
-    scratch.regularizer = {"name": "none"}  # there is no source to stay close to
-    return with_source_weights(scratch, None)
-
-
-def with_source_weights(cfg: DictConfig, weights_path: str | None) -> DictConfig:
-    """The config with the backbone loading `weights_path` (None: random init) instead of
-    the weights it names. Only the keys the backbone config has are set: torchvision
-    backbones name weights (`weights`), timm ones a flag (`pretrained`)."""
-    updated = cfg.copy()
-    updated.backbone.weights_path = weights_path
-    if "weights" in updated.backbone:
-        updated.backbone.weights = None
-    if "pretrained" in updated.backbone:
-        updated.backbone.pretrained = False
-    return updated
-
-
-def _single_stage(cfg: DictConfig) -> DictConfig:
-    """A copy that runs one stage alone: no source stage, no baseline, no folds."""
-    single = cfg.copy()
-    single.source = {}
-    single.compare_scratch = False
-    single.cv.folds = None
-    single.pop("optuna", None)  # only the main stage reports to an Optuna trial
-    return single
-
-
-def _train_everything(cfg: DictConfig) -> None:
-    """Every layer trains at the same rate, unregularised: no pretrained weights to protect."""
-    cfg.freeze = {"name": "none"}
-    cfg.optimizer.backbone_lr_mult = 1.0
-    cfg.optimizer.layer_decay = None
-    cfg.regularizer = {"name": "none"}
-
-
-def config_key(cfg: DictConfig) -> str:
-    """Identifies what a config computes (not where it is written)."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    for key in BOOKKEEPING_KEYS:
-        container.pop(key, None)
-    return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(container)).encode()).hexdigest()[:16]
-
-
 def _resolved(cfg: DictConfig) -> DictConfig:
     return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-
-
-def derived_choices(choices: dict[str, str], cfg: DictConfig) -> dict[str, str]:
-    """The group choices of a source or scratch stage, which replace some of the run's."""
-    replaced = {g: cfg[g].name for g in ("freeze", "regularizer", "head") if g in choices}
-    return {**choices, **replaced}
-
-
-def group_choices() -> dict[str, str]:
-    """Which file of each config group was picked (empty outside a Hydra app)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return {}
-    choices = HydraConfig.get().runtime.choices
-    return {g: str(choices[g]) for g in GROUPS if g in choices}
-
-
-def run_name(cfg: DictConfig, choices: dict[str, str], role: str) -> str:
-    backbone = choices.get("backbone", cfg.backbone.get("arch", "backbone"))
-    if role in ("source", "scratch"):
-        return f"{backbone}-{role}"
-    freeze = choices.get("freeze", cfg.freeze.name)
-    optimizer = choices.get("optimizer", cfg.optimizer._target_.rsplit(".", 1)[-1].lower())
-    return f"{backbone}-{freeze}-{optimizer}"
-
-
-def log_config(
-    run: TrackedRun,
-    tracker: Tracker,
-    cfg: DictConfig,
-    choices: dict,
-    role: str,
-    stage_dir: Path,
-) -> None:
-    """Group choices and every leaf value as params; as files, this stage's full config,
-    the command-line overrides and the whole experiment's config (what a rerun runs)."""
-    params = {**choices, "role": role, **_flatten(OmegaConf.to_container(cfg, resolve=True))}
-    params.pop("output_dir")  # differs every run; the run's own folder, not a setting
-    run.log_params(params)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    (stage_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    (stage_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(_overrides()))
-    (stage_dir / EXPERIMENT_CONFIG).write_text(OmegaConf.to_yaml(tracker.experiment))
-    for name in ("config.yaml", "overrides.yaml", EXPERIMENT_CONFIG):
-        run.log_artifact(stage_dir / name)
-
-
-def _overrides() -> list[str]:
-    from hydra.core.hydra_config import HydraConfig
-
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        flat = {}
-        for key, value in tree.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: tree}
 
 
 def final_metrics(trainer: pl.Trainer) -> dict[str, float]:

@@ -1,0 +1,84 @@
+"""What every run records about itself: its name, group choices, params, config files and
+the tags that link it to its sweep."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from transferlab.objective import GROUPS
+from transferlab.tracking.environment import device_name, environment_tags
+from transferlab.tracking.mlflow_run import TrackedRun, Tracker
+from transferlab.tracking.sweep import PARENT_RUN_ENV
+
+EXPERIMENT_CONFIG = "experiment.yaml"
+
+
+def sweep_tags() -> dict[str, str]:
+    """Inside a multirun: the job's run is a child of the sweep's parent run."""
+    parent = os.environ.get(PARENT_RUN_ENV)
+    if not parent:
+        return {}
+    return {"mlflow.parentRunId": parent, "transferlab.overrides": " ".join(_overrides())}
+
+
+def run_tags(cfg: DictConfig, role: str) -> dict[str, str]:
+    return {"transferlab.role": role, **environment_tags(device_name(cfg.trainer.accelerator))}
+
+
+def group_choices() -> dict[str, str]:
+    """Which file of each config group was picked (empty outside a Hydra app)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    choices = HydraConfig.get().runtime.choices
+    return {g: str(choices[g]) for g in GROUPS if g in choices}
+
+
+def run_name(cfg: DictConfig, choices: dict[str, str], role: str) -> str:
+    backbone = choices.get("backbone", cfg.backbone.get("arch", "backbone"))
+    if role in ("source", "scratch"):
+        return f"{backbone}-{role}"
+    freeze = choices.get("freeze", cfg.freeze.name)
+    optimizer = choices.get("optimizer", cfg.optimizer._target_.rsplit(".", 1)[-1].lower())
+    return f"{backbone}-{freeze}-{optimizer}"
+
+
+def log_config(
+    run: TrackedRun,
+    tracker: Tracker,
+    cfg: DictConfig,
+    choices: dict,
+    role: str,
+    stage_dir: Path,
+) -> None:
+    """Group choices and every leaf value as params; as files, this stage's full config,
+    the command-line overrides and the whole experiment's config (what a rerun runs)."""
+    params = {**choices, "role": role, **_flatten(OmegaConf.to_container(cfg, resolve=True))}
+    params.pop("output_dir")  # differs every run; the run's own folder, not a setting
+    run.log_params(params)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    (stage_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (stage_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(_overrides()))
+    (stage_dir / EXPERIMENT_CONFIG).write_text(OmegaConf.to_yaml(tracker.experiment))
+    for name in ("config.yaml", "overrides.yaml", EXPERIMENT_CONFIG):
+        run.log_artifact(stage_dir / name)
+
+
+def _overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        flat = {}
+        for key, value in tree.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: tree}
