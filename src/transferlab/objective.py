@@ -1,4 +1,4 @@
-"""What a run is judged by: the names shared by the pipeline, sweeps and reports.
+"""What a run is judged by, and the names the pipeline, sweeps and reports share.
 
 Light on purpose (no torch, no MLflow): reports and Hydra callbacks import it.
 """
@@ -40,3 +40,10 @@ def objective_value(metrics: dict[str, float], metric: str) -> float | None:
         if key in metrics:
             return metrics[key]
     return None
+
+
+def overrides_as_params(overrides: list[str]) -> dict[str, str]:
+    """Hydra command-line overrides as `key: value` (`+key` adds a key; `~key`, a deletion,
+    sets nothing)."""
+    pairs = (o.partition("=") for o in overrides if not o.startswith("~"))
+    return {key.lstrip("+"): value for key, _, value in pairs}

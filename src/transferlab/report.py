@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from transferlab.errors import UserError, one_of
-from transferlab.objective import BOOKKEEPING_KEYS, GROUPS, lower_is_better, objective_value
+from transferlab.objective import (
+    BOOKKEEPING_KEYS,
+    GROUPS,
+    lower_is_better,
+    objective_value,
+    overrides_as_params,
+)
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -202,7 +208,8 @@ def _optimize_metric(runs: list[Run]) -> str:
 
 
 def _row(run: Run, metric: str) -> RunRow:
-    params = dict(run.data.params) or _job_params(run.data.tags.get("transferlab.overrides", ""))
+    overrides = run.data.tags.get("transferlab.overrides", "").split()
+    params = dict(run.data.params) or overrides_as_params(overrides)
     if "transferlab.source_run_id" in run.data.tags:
         # The pipeline points it at the source run's weights, downloaded anew for every run.
         params.pop("backbone.weights_path", None)
@@ -216,12 +223,6 @@ def _row(run: Run, metric: str) -> RunRow:
         metrics,
         objective_value(metrics, metric),
     )
-
-
-def _job_params(overrides: str) -> dict[str, str]:
-    """A job's overrides as params: all a job that failed before its run existed leaves."""
-    pairs = (o.partition("=") for o in overrides.split() if not o.startswith("~"))
-    return {key.lstrip("+"): value for key, _, value in pairs}
 
 
 def _rank(status: str, value: float | None, lower: bool) -> tuple[bool, bool, float]:

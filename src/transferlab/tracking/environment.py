@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import subprocess
 import sys
@@ -13,7 +14,10 @@ import torch
 PACKAGES = ("torch", "torchvision", "pytorch-lightning", "hydra-core", "mlflow", "transferlab")
 
 
+@functools.cache
 def environment_tags(device: str) -> dict[str, str]:
+    """Computed once per process: a run's stages and a sweep's in-process jobs share them,
+    so `git` runs once, not twice per run."""
     tags = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "device": device,

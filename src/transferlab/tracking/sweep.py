@@ -19,7 +19,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from transferlab.objective import lower_is_better, objective_value
+from transferlab.objective import lower_is_better, objective_value, overrides_as_params
 from transferlab.report import write_report
 
 PARENT_RUN_ENV = "TRANSFERLAB_PARENT_RUN_ID"
@@ -76,15 +76,14 @@ class SweepTracking(Callback):
         definition = folder / "multirun.yaml"
         OmegaConf.save(config, definition, resolve=False)
         self.tracker.client.log_artifact(self.parent_run_id, str(definition))
-        params = config.hydra.sweeper.get("params")
-        swept = OmegaConf.to_container(params, resolve=False) if params else {}
-        overrides = list(config.hydra.overrides.task)
-        for override in overrides:
-            key, _, values = override.partition("=")
-            if not key.startswith("~"):  # a deletion sweeps nothing
-                swept.setdefault(key.lstrip("+"), values)
-        for key, values in swept.items():
-            self.tracker.client.log_param(self.parent_run_id, f"sweep.{key}", str(values)[:6000])
+        space = config.hydra.sweeper.get("params")
+        swept = OmegaConf.to_container(space, resolve=False) if space else {}
+        for key, values in overrides_as_params(list(config.hydra.overrides.task)).items():
+            swept.setdefault(key, values)
+        from mlflow.entities import Param
+
+        params = [Param(f"sweep.{key}", str(values)[:6000]) for key, values in swept.items()]
+        self.tracker.client.log_batch(self.parent_run_id, params=params[:100])
 
     def _fail_if_unfinished(self) -> None:
         run = self.tracker.client.get_run(self.parent_run_id)
