@@ -75,6 +75,8 @@ def test_unknown_group_option_names_the_accepted_ones(make_config):
         ("loader.batch_size=0", "loader.batch_size=0 must be > 0"),
         ("loader.batch_size=2.5", "loader.batch_size=2.5 must be a whole number"),
         ("trainer.max_epochs=-3", "trainer.max_epochs=-3 must be > 0"),
+        ("loader.num_workers=-1", "loader.num_workers=-1 must be a whole number >= 0, or auto"),
+        ("loader.num_workers=many", "loader.num_workers='many' must be a whole number >= 0"),
         (
             "freeze.name=sideways",
             "freeze.name='sideways' is unknown; use none, linear_probe, partial, "

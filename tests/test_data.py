@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, RandomSampler
 
 from tests.helpers import write_image_folder
 from transferlab.data.datasets import Cifar, Digits, ImageFolderDataset
@@ -129,3 +130,41 @@ def test_epoch_samples_cycles_a_small_train_set():
     batches = list(data.train_dataloader())
     assert sum(len(b[1]) for b in batches) == 40
     assert len(batches) == 5
+
+
+def test_in_memory_batches_are_gathered_whole_and_match_per_image_loading():
+    loader_cfg = OmegaConf.create({"batch_size": 16, "num_workers": "auto"})
+    dataset_cfg = OmegaConf.create({"_target_": "transferlab.data.datasets.Digits"})
+    data = TransferDataModule(dataset_cfg, NATIVE, loader_cfg)
+    data.setup()
+    torch.manual_seed(3)
+    ours = list(data.train_dataloader())
+    torch.manual_seed(3)
+    train = data.splits.train.dataset
+    by_image = list(DataLoader(train, batch_size=16, sampler=RandomSampler(train)))
+    assert data.train_dataloader().batch_size is None  # one fetch per batch, no collate
+    assert len(ours) == len(by_image)
+    for (images, targets), (expected_images, expected_targets) in zip(ours, by_image, strict=True):
+        assert torch.equal(images, expected_images) and torch.equal(targets, expected_targets)
+    assert [len(t) for _, t in data.test_dataloader()] == [16] * (len(data.splits.test) // 16) + [
+        len(data.splits.test) % 16
+    ]
+
+
+def test_image_files_load_in_auto_workers(tmp_path):
+    write_image_folder(tmp_path / "images", {"cat": 6, "dog": 6})
+    loader_cfg = OmegaConf.create({"batch_size": 4, "num_workers": "auto"})
+    dataset_cfg = OmegaConf.create(
+        {
+            "_target_": "transferlab.data.datasets.ImageFolderDataset",
+            "root": str(tmp_path / "images"),
+            "val_fraction": 0.2,
+            "test_fraction": 0.2,
+        }
+    )
+    data = TransferDataModule(dataset_cfg, Preprocessing(input_size=16), loader_cfg)
+    data.setup()
+    loader = data.train_dataloader()
+    assert loader.num_workers == min(8, torch.get_num_threads()) > 0
+    assert loader.persistent_workers
+    assert sum(len(targets) for _, targets in loader) == len(data.splits.train)

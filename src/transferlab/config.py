@@ -20,10 +20,12 @@ def validate(cfg: DictConfig) -> None:
     _positive(cfg, "optimizer.lr", float)
     _positive(cfg, "loader.batch_size", int)
     _positive(cfg, "trainer.max_epochs", int)
-    _at_least_zero(cfg, "loader.num_workers", int)
+    _check_workers(cfg.loader.num_workers)
     if cfg.loader.get("epoch_samples") is not None:
         _positive(cfg, "loader.epoch_samples", int)
     _positive(cfg, "optimizer.backbone_lr_mult", float, allow_zero=True)
+    for key in ("trainer.channels_last", "trainer.compile"):  # transferlab's, not Lightning's
+        _boolean_if_set(cfg, key)
     freeze = OmegaConf.to_container(cfg.freeze)
     check_freeze_config(freeze)
     check_fits_training(freeze, cfg.trainer.max_epochs)
@@ -84,8 +86,17 @@ def _positive(cfg: DictConfig, key: str, kind: type, allow_zero: bool = False) -
         raise UserError(f"{key}={value} must be {'>= 0' if allow_zero else '> 0'}")
 
 
-def _at_least_zero(cfg: DictConfig, key: str, kind: type) -> None:
-    _positive(cfg, key, kind, allow_zero=True)
+def _check_workers(workers) -> None:
+    whole = isinstance(workers, int) and not isinstance(workers, bool)
+    if workers == "auto" or (whole and workers >= 0):
+        return
+    raise UserError(f"loader.num_workers={workers!r} must be a whole number >= 0, or auto")
+
+
+def _boolean_if_set(cfg: DictConfig, key: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is not None and not isinstance(value, bool):
+        raise UserError(f"{key}={value!r} must be true or false")
 
 
 def _check_task(dataset: DictConfig, prefix: str) -> None:
