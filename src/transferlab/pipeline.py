@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 from mlflow.artifacts import download_artifacts
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ProgressBar
+from pytorch_lightning.loggers import Logger
 
 from transferlab.config import CLASSICAL_HEADS
 from transferlab.data.module import TransferDataModule
@@ -33,8 +35,15 @@ from transferlab.frozen import (
     fit_classical_head,
     split_features,
 )
+from transferlab.gpu_options import GpuOptions, trainer_arguments
 from transferlab.models.backbones import Backbone
 from transferlab.models.heads import build_head
+from transferlab.models.inference_cost import (
+    InferenceSetting,
+    device_description,
+    image_shape,
+    inference_cost,
+)
 from transferlab.module import TransferModule
 from transferlab.objective import objective_value
 from transferlab.pruning import pruning_callbacks
@@ -141,19 +150,25 @@ def fit_neural_head(
 ) -> dict[str, float]:
     """Lightning fit, then test with the best checkpoint. A backbone that never trains is
     run once per split (features cached), and only the head is trained on its output."""
+    shape = image_shape(data.splits.test.dataset)  # read before features replace images
     trained = backbone
     if can_cache_features(cfg, backbone):
         data.use_features(split_features(cfg, backbone, data, precision, fold))
         trained = FeaturesAsInput(backbone)
     module = build_module(cfg, trained, data.num_classes)
     trainer = build_trainer(cfg, TrackedRunLogger(run), stage_dir, precision)
+    fit_start = time.perf_counter()
     trainer.fit(module, datamodule=data)
+    run.log_metrics({"time/fit_s": time.perf_counter() - fit_start})  # what sweeps compare
+    setting = InferenceSetting(
+        shape, trainer.strategy.root_device, precision, trainer.current_epoch
+    )
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     trainer.test(module, datamodule=data, ckpt_path=best or None, verbose=False)
     metrics = final_metrics(trainer)
     summary = {f"{k}_best": v for k, v in best_scores(trainer).items()}
     run.log_metrics(summary)
-    record_artifacts(run, module, data, best, stage_dir, backbone)
+    record_artifacts(run, module, data, best, stage_dir, backbone, setting)
     return {**metrics, **summary}
 
 
@@ -230,12 +245,17 @@ def build_module(cfg: DictConfig, backbone: Backbone, num_classes: int) -> Trans
 
 
 def build_trainer(
-    cfg: DictConfig, logger: TrackedRunLogger, stage_dir: Path, precision: str
+    cfg: DictConfig, logger: Logger | bool, stage_dir: Path, precision: str
 ) -> pl.Trainer:
+    """Lightning's Trainer from `cfg.trainer`, less transferlab's own keys (`channels_last`,
+    `compile`), which a callback applies to the module instead."""
+    trainer_cfg, options = trainer_arguments(cfg.trainer)
     configured = [instantiate(c) for c in cfg.callbacks.values() if c is not None]  # null: off
     callbacks = [*configured, *pruning_callbacks(cfg)]
+    if any(options.values()):
+        callbacks.append(GpuOptions(**options))
     return instantiate(
-        cfg.trainer,
+        trainer_cfg,
         precision=precision,
         callbacks=callbacks,
         logger=logger,
@@ -315,7 +335,12 @@ def record_artifacts(
     best: str,
     stage_dir: Path,
     backbone: Backbone,
+    setting: InferenceSetting,
 ) -> None:
+    """Test plots, the best checkpoint, the backbone's weights and the inference cost of
+    the real backbone + head (also when cached features stood in for the backbone)."""
+    run.log_metrics(inference_cost(backbone, module.head, module.freeze, setting, data.batch_size))
+    run.set_tags({"transferlab.inference_device": device_description(setting.device)})
     predictions = torch.cat(module.test_predictions).numpy()
     targets = torch.cat(module.test_targets).numpy()
     for path in write_test_artifacts(predictions, targets, data.class_names, stage_dir / "test"):

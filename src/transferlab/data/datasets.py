@@ -54,6 +54,50 @@ class Digits:
         return DatasetParts({"train": LabelledImages(tensors, digits.target)}, names)
 
 
+class Synthetic:
+    """Random images from a fixed seed, made in memory: benchmarks at any input size with no
+    download and no decoding. Each class adds its own fixed random pattern to uniform noise
+    (`signal` is its share), so a model has something to learn."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        num_images: int = 1000,
+        image_size: int = 32,
+        signal: float = 0.5,
+        seed: int = 0,
+    ):
+        for key, value in (
+            ("num_classes", num_classes),
+            ("num_images", num_images),
+            ("image_size", image_size),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"dataset.{key}={value!r} must be a whole number >= 1")
+        if num_classes < 2 or num_images < num_classes:
+            raise UserError(
+                f"dataset.num_classes={num_classes} needs at least 2 classes and "
+                f"dataset.num_images >= num_classes (got {num_images})"
+            )
+        if not isinstance(signal, (int, float)) or not 0 <= signal <= 1:
+            raise UserError(f"dataset.signal={signal!r} must be in [0, 1]")
+        self.num_classes, self.num_images, self.image_size = num_classes, num_images, image_size
+        self.signal, self.seed = float(signal), seed
+
+    def load(self, preprocessing: Preprocessing) -> DatasetParts:
+        size = preprocessing.input_size or self.image_size  # made at the size the net takes
+        generator = torch.Generator().manual_seed(self.seed)
+        shape = (3, size, size)
+        patterns = torch.rand((self.num_classes, *shape), generator=generator)
+        images = torch.rand((self.num_images, *shape), generator=generator)
+        labels = torch.arange(self.num_images) % self.num_classes  # balanced classes
+        for c in range(self.num_classes):  # in place, a class at a time: no second copy
+            images[c :: self.num_classes].mul_(1 - self.signal).add_(patterns[c], alpha=self.signal)
+        tensors = TensorDataset(preprocessing.tensor_transform(images), labels)
+        names = [str(c) for c in range(self.num_classes)]
+        return DatasetParts({"train": LabelledImages(tensors, labels.numpy())}, names)
+
+
 class ImageFolderDataset:
     """Any root/<class>/<image> tree; root/{train,val,test}/<class>/<image> gives the splits."""
 

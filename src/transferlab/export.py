@@ -1,0 +1,327 @@
+"""`python -m transferlab.export RUN_ID --format onnx|torchscript --out DIR` (console script
+`transferlab-export`): a run's best checkpoint as one file that serves without transferlab.
+
+The model is rebuilt from what MLflow recorded for that run: its stage's resolved config
+(`config.yaml`: for a source or scratch stage it differs from the invocation's) and its
+`checkpoints/best.ckpt`. A backbone that never trained (the frozen-feature cache) is not in
+the checkpoint: it is rebuilt from the config's weights (`weights`, `weights_path`, or the
+seeded random init), as the run built it. The exported file is checked against PyTorch on a
+batch of the run's test images, and logged to the run under `export/` with
+`preprocessing.json` (input shape, resizing, mean / std, class names).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from transferlab.errors import UserError, one_of
+
+if TYPE_CHECKING:
+    import torch
+    from mlflow.entities import Run
+    from omegaconf import DictConfig
+
+    from transferlab.data.module import TransferDataModule
+    from transferlab.models.inference_cost import Classifier
+
+FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+ARTIFACT_FOLDER = "export"
+CHECKPOINT = "checkpoints/best.ckpt"
+STAGE_CONFIG = "config.yaml"
+PREPROCESSING = "preprocessing.json"
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+TOLERANCE = 1e-4  # max abs difference, relative to the logits' scale when that is above 1
+
+
+@dataclass(frozen=True)
+class Exported:
+    model: Path
+    preprocessing: Path
+    max_abs_diff: float
+    checked_images: int
+
+
+def export_run(run_id: str, fmt: str, out: str | Path, tracking_uri: str | None = None) -> Exported:
+    """Exports `run_id`'s best checkpoint to `out`/model.onnx or model.pt, checks it, writes
+    `preprocessing.json` beside it and logs both to the run under `export/`."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from transferlab.tracking.mlflow_run import RetryingClient
+    from transferlab.tracking.mlflow_run import tracking_uri as default_uri
+
+    if fmt not in FILES:
+        raise UserError(f"--format {fmt!r} is unknown; use {one_of(FILES)}")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    uri = default_uri(tracking_uri)
+    mlflow.set_tracking_uri(uri)  # a runs:/ or models:/ weights_path resolves in this store
+    client = RetryingClient(MlflowClient(uri))
+    run = _run(client, run_id)
+    with tempfile.TemporaryDirectory() as scratch:
+        cfg = _stage_config(client, run, scratch)
+        state = _checkpoint_state(client, run, scratch)
+    model, data = rebuild(cfg, state, run)
+    images = _test_batch(data)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / FILES[fmt]
+    diff = EXPORTERS[fmt](model, images, path)
+    preprocessing = write_preprocessing(out / PREPROCESSING, cfg, data, images, run_id)
+    for file in (path, preprocessing):
+        client.log_artifact(run_id, str(file), ARTIFACT_FOLDER)
+    return Exported(path, preprocessing, diff, len(images))
+
+
+def rebuild(
+    cfg: DictConfig, state: dict[str, Any], run: Run
+) -> tuple[Classifier, TransferDataModule]:
+    """The run's backbone + head with its best weights, in eval mode, and its data."""
+    from transferlab.models.heads import build_head
+    from transferlab.models.inference_cost import Classifier
+    from transferlab.pipeline import build_backbone_and_data
+
+    trained_backbone = any(k.startswith("backbone.network.") for k in state)
+    _reachable_backbone_weights(cfg, run, needed=not trained_backbone)
+    backbone, data = build_backbone_and_data(cfg)  # seeded: the run's random init, if any
+    head = build_head(in_features=backbone.feature_dim, num_classes=data.num_classes, **cfg.head)
+    model = Classifier(backbone.network, head)
+    parts = {
+        "head": model.head,
+        **({"backbone.network": model.network} if trained_backbone else {}),
+    }
+    for prefix, module in parts.items():
+        weights = {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        try:
+            module.load_state_dict(weights)
+        except RuntimeError as err:
+            reason = str(err).split("\n\t", 1)[-1].split("\n")[0]
+            raise UserError(
+                f"{CHECKPOINT} of run {run.info.run_id} does not fit the model its "
+                f"{STAGE_CONFIG} builds: {reason}"
+            ) from err
+    return model.eval(), data
+
+
+def write_preprocessing(
+    path: Path, cfg: DictConfig, data: TransferDataModule, images: torch.Tensor, run_id: str
+) -> Path:
+    """What a server must do to an image before the model sees it, and what comes out."""
+    prep = data.preprocessing
+    steps = ["decode, convert to RGB (3 channels), scale pixel values to [0, 1]"]
+    if prep.input_size is None:
+        steps.append(f"keep the size the model was trained on ({_size(images)})")
+    else:
+        steps.append(f"resize the shorter side to {prep.resize_size or prep.input_size} (bilinear)")
+        steps.append(f"centre-crop to {prep.input_size}x{prep.input_size}")
+    steps.append("normalise each channel: (x - mean) / std")
+    content = {
+        "run_id": run_id,
+        "backbone": cfg.backbone.get("arch") or cfg.backbone.get("name"),
+        "input": {
+            "name": INPUT_NAME,
+            "shape": [None, *images.shape[1:]],  # None: any batch size
+            "layout": "NCHW",
+            "dtype": "float32",
+        },
+        "output": {"name": OUTPUT_NAME, "shape": [None, data.num_classes], "meaning": "logits"},
+        "channels": int(images.shape[1]),
+        "input_size": prep.input_size,
+        "resize_size": prep.resize_size,
+        "mean": list(prep.mean),
+        "std": list(prep.std),
+        "steps": steps,
+        "class_names": list(data.class_names),
+    }
+    path.write_text(json.dumps(content, indent=2) + "\n")
+    return path
+
+
+# --- exporters: each writes the file, loads it back and returns the max abs difference -----
+
+
+def to_onnx(model: Classifier, images: torch.Tensor, path: Path) -> float:
+    """torch.export-based exporter (onnxscript), batch dimension dynamic; checked with
+    onnxruntime on the CPU."""
+    import onnxruntime
+    import torch
+
+    batch = torch.export.Dim("batch")
+    torch.onnx.export(
+        model,
+        (_example(images),),
+        str(path),
+        dynamo=True,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes=({0: batch},),
+        external_data=False,  # one self-contained file (fine below protobuf's 2 GB)
+        verbose=False,
+    )
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (outputs,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
+    return _checked(model, images, torch.from_numpy(outputs), path)
+
+
+def to_torchscript(model: Classifier, images: torch.Tensor, path: Path) -> float:
+    """torch.jit.trace on a batch of 2, checked with torch.jit.load on the whole test batch:
+    a traced batch size that stuck would show there."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
+        with torch.inference_mode():
+            traced = torch.jit.trace(model, _example(images))
+        traced.save(str(path))
+        loaded = torch.jit.load(str(path), map_location="cpu")
+        with torch.inference_mode():
+            outputs = loaded(images)
+    return _checked(model, images, outputs, path)
+
+
+EXPORTERS: dict[str, Callable[[Any, Any, Path], float]] = {
+    "onnx": to_onnx,
+    "torchscript": to_torchscript,
+}
+
+
+def _checked(model: Classifier, images: torch.Tensor, outputs: torch.Tensor, path: Path) -> float:
+    import torch
+
+    with torch.inference_mode():
+        expected = model(images)
+    diff = float((outputs.float() - expected).abs().max())
+    allowed = TOLERANCE * max(1.0, float(expected.abs().max()))
+    if not diff <= allowed:  # NaN too
+        raise UserError(
+            f"{path} gives outputs {diff:.3g} away from PyTorch's on {len(images)} test images "
+            f"(more than {allowed:.3g}); it is not logged"
+        )
+    return diff
+
+
+def _example(images: torch.Tensor) -> torch.Tensor:
+    """Two images: a batch of one would fix the batch dimension at 1."""
+    import torch
+
+    return torch.cat([images, images])[:2]
+
+
+# --- what MLflow recorded -----------------------------------------------------------------
+
+
+def _run(client, run_id: str) -> Run:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as err:
+        raise UserError(f"cannot export {run_id}: {str(err).partition(chr(10))[0]}") from err
+
+
+def _artifact(client, run: Run, path: str, scratch: str, missing: str) -> str:
+    folder, _, name = path.rpartition("/")
+    listed = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, folder or None)}
+    if name not in listed:
+        raise UserError(f"run {run.info.run_id} has no {path}: {missing}")
+    return client.download_artifacts(run.info.run_id, path, scratch)
+
+
+def _stage_config(client, run: Run, scratch: str) -> DictConfig:
+    from omegaconf import OmegaConf
+
+    from transferlab.config import CLASSICAL_HEADS
+
+    missing = "not a transferlab training run (a sweep's parent? export one of its runs)"
+    cfg = OmegaConf.load(_artifact(client, run, STAGE_CONFIG, scratch, missing))
+    if cfg.head.name in CLASSICAL_HEADS:
+        raise UserError(
+            f"run {run.info.run_id} has a scikit-learn head (head={cfg.head.name}): it is "
+            "saved with skops (artifact model/) and is not exported; export a run with a "
+            "neural head (linear, mlp)"
+        )
+    return cfg
+
+
+def _checkpoint_state(client, run: Run, scratch: str) -> dict[str, Any]:
+    import torch
+
+    role = run.data.tags.get("transferlab.role", "")
+    missing = (
+        "a cross-validation parent run; export one of its fold runs"
+        if role.endswith("-cv")
+        else "trained with callbacks that save no checkpoint (callbacks=none?)"
+    )
+    local = _artifact(client, run, CHECKPOINT, scratch, missing)
+    try:
+        checkpoint = torch.load(local, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UserError(
+            f"{CHECKPOINT} of run {run.info.run_id} holds objects that need pickle to load "
+            f"(refused for safety): {str(err).partition(chr(10))[0]}"
+        ) from err
+    return checkpoint["state_dict"]
+
+
+def _reachable_backbone_weights(cfg: DictConfig, run: Run, needed: bool) -> None:
+    """A transfer run's weights_path is a local copy of its source run's `backbone.pt`,
+    which may be gone (another machine, a cleaned output folder): read it from MLflow.
+    Not `needed` (the checkpoint holds the trained backbone), it is simply left out."""
+    from transferlab.models.backbones import MLFLOW_URI_SCHEMES
+
+    path = cfg.backbone.get("weights_path")
+    if path is None or path.startswith(MLFLOW_URI_SCHEMES) or os.path.isfile(path):
+        return
+    source = run.data.tags.get("transferlab.source_run_id")
+    if source is not None:
+        cfg.backbone.weights_path = f"runs:/{source}/backbone.pt"
+    elif not needed:
+        cfg.backbone.weights_path = None
+    else:
+        raise UserError(
+            f"run {run.info.run_id}'s backbone never trained, and its weights "
+            f"(backbone.weights_path={path}) no longer exist; put the file back there"
+        )
+
+
+def _test_batch(data: TransferDataModule) -> torch.Tensor:
+    images, _ = next(iter(data.test_dataloader()))
+    return images.float()
+
+
+def _size(images: torch.Tensor) -> str:
+    return f"{images.shape[-2]}x{images.shape[-1]}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run_id", help="the MLflow run whose best checkpoint is exported")
+    parser.add_argument("--format", default="onnx", help=f"{one_of(FILES)} (default: onnx)")
+    parser.add_argument("--out", required=True, help="folder for the model and preprocessing.json")
+    parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI "
+                        "or sqlite:///mlflow.db)")  # fmt: skip
+    args = parser.parse_args(argv)
+    try:
+        exported = export_run(args.run_id, args.format, args.out, args.tracking_uri)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"exported {exported.model} and {exported.preprocessing}")
+    print(
+        f"max abs difference from PyTorch on {exported.checked_images} test images: "
+        f"{exported.max_abs_diff:.3g}"
+    )
+    print(f"logged to run {args.run_id} under {ARTIFACT_FOLDER}/")
+
+
+if __name__ == "__main__":
+    main()
