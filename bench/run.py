@@ -8,16 +8,26 @@ import json
 import platform
 from pathlib import Path
 
+import data_loading
 import feature_cache
+import per_trial
 import startup
 import throughput
 import torch
+import tracking_overhead
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
-    records = [*throughput.records(), *startup.records(), *feature_cache.records()]
+    records = [
+        *throughput.records(),
+        *startup.records(),
+        *per_trial.records(),
+        *tracking_overhead.records(),
+        *feature_cache.records(),
+        *data_loading.records(),
+    ]
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     for record in records:
         record["machine"] = machine
