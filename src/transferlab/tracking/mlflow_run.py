@@ -206,6 +206,13 @@ class MetricWriter:
             batch = metrics[start : start + self.MAX_BATCH]
             try:
                 self.client.log_batch(self.run_id, metrics=batch)
-            except Exception as error:  # kept for close(): nothing is dropped silently
-                names = sorted({m.key for m in batch})
-                self.errors.append(f"{len(batch)} metrics ({', '.join(names)}): {error}")
+            except Exception:  # one bad metric fails the batch: the others still go in
+                for metric in batch:
+                    self._write_one(metric)
+
+    def _write_one(self, metric: Metric) -> None:
+        try:
+            self.client.log_batch(self.run_id, metrics=[metric])
+        except Exception as error:  # kept for close(): nothing is dropped silently
+            reason = str(error).partition("\n")[0]
+            self.errors.append(f"{metric.key} (step {metric.step}): {reason}")
