@@ -84,3 +84,22 @@ def test_measuring_leaves_the_model_as_it_found_it(make_config):
     assert torch.equal(torch.get_rng_state(), rng)  # a run's later stages see the same RNG
     model = Classifier(backbone.network, head)
     assert state_dict_megabytes(model) > state_dict_megabytes(head)
+
+
+def test_an_architecture_is_timed_once_per_setting(make_config):
+    """A sweep's trials share an architecture: the second trial's latency comes without a
+    forward pass; another input size is timed anew."""
+    backbone = instantiate(make_config().backbone)
+    head = torch.nn.Linear(backbone.feature_dim, 3)
+    calls = []
+    head.register_forward_hook(lambda *_: calls.append(1))
+    setting = InferenceSetting((3, 8, 8), torch.device("cpu"), "32-true", epochs=1)
+    first = inference_cost(backbone, head, {"name": "none"}, setting, batch_size=5)
+    timed = len(calls)
+    assert timed >= 4  # a warm-up and at least one timed call per batch size
+    again = inference_cost(backbone, head, {"name": "none"}, setting, batch_size=5)
+    assert len(calls) == timed
+    assert again == first
+    larger = InferenceSetting((3, 12, 12), torch.device("cpu"), "32-true", epochs=1)
+    inference_cost(backbone, head, {"name": "none"}, larger, batch_size=5)
+    assert len(calls) > timed

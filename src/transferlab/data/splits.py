@@ -127,6 +127,8 @@ def _class_indices(classes: list | None, names: list[str]) -> list[int]:
 
 def _select_classes(part: LabelledImages, relabel: dict[int, int]) -> LabelledImages:
     mask = np.isin(part.targets, list(relabel))
+    if mask.all() and all(old == new for old, new in relabel.items()):
+        return part  # every class kept under its own label: nothing to copy
     return _subset(part, np.flatnonzero(mask), relabel)
 
 

@@ -43,9 +43,8 @@ class Preprocessing:
         """Whole-batch transform for in-memory images (N, C, H, W) with values in [0, 1].
 
         Done once for a whole dataset rather than per sample: no PIL round trip per step.
+        Grey images are resized as one channel; normalising broadcasts them to three.
         """
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
         if self.input_size is not None and images.shape[-1] != self.input_size:
             images = F.interpolate(
                 images, size=(self.input_size, self.input_size), mode="bilinear", antialias=True

@@ -3,7 +3,9 @@
 Logged with every neural-head run, so that accuracy can be weighed against cost in the
 MLflow UI and in reports. It runs after every run and every sweep trial, whose fixed
 overhead is meant to stay under a second, so latency is timed within a small budget
-(`BUDGET_S`, plus one warm-up call per batch size) and reported as a median. The model
+(`BUDGET_S`, plus one warm-up call per batch size) and reported as a median; and since
+latency depends on the architecture and not on the weights, the trials of a sweep that
+share one are timed once per process (`_timed_latencies`). The model
 is timed as `transferlab-export` ships it: eager PyTorch (not the `trainer.compile`
 wrapper), float32 weights unless the run trained in a `*-true` precision.
 
@@ -32,6 +34,7 @@ BUDGET_S = 0.2  # timing budget per run, shared by the two batch sizes
 MAX_REPEATS = 20  # a tiny model stops here rather than at the budget
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 INPUT_SEED = 0  # the timed inputs come from a generator of their own: the global RNG is untouched
+_timed_latencies: dict[tuple, float] = {}  # (architecture, input, device, threads, ...) -> ms
 
 
 class Classifier(nn.Module):
@@ -128,9 +131,27 @@ def latency_ms(
     """Median milliseconds of one forward pass over `batch_size` images, in eval mode
     under inference_mode. An untimed warm-up call first (lazy init, allocator, cuDNN
     autotuning: a first call can take 100x longer), then repeats until `budget_s`, counted
-    from the warm-up, is spent: at least one, at most MAX_REPEATS."""
+    from the warm-up, is spent: at least one, at most MAX_REPEATS. An architecture already
+    timed in this process under the same setting is not timed again."""
+    key = (
+        repr(model),
+        (batch_size, *setting.image_shape),
+        setting.device,
+        setting.precision,
+        _dtype_of(model),
+        _is_channels_last(model),  # trainer.channels_last converted the weights
+        torch.get_num_threads(),
+    )
+    if key not in _timed_latencies:
+        _timed_latencies[key] = _median_latency_ms(model, batch_size, setting, budget_s)
+    return _timed_latencies[key]
+
+
+def _median_latency_ms(
+    model: nn.Module, batch_size: int, setting: InferenceSetting, budget_s: float
+) -> float:
     with _placed(model, setting.device):
-        dtype = next(model.parameters()).dtype  # `*-true` precisions converted the weights
+        dtype = _dtype_of(model)  # `*-true` precisions converted the weights
         generator = torch.Generator().manual_seed(INPUT_SEED)
         images = torch.randn((batch_size, *setting.image_shape), generator=generator)
         images = images.to(setting.device, dtype)
@@ -165,6 +186,16 @@ def _placed(model: nn.Module, device: torch.device) -> Iterator[None]:
             child.to(home)
         for m, training in modes.items():
             m.training = training
+
+
+def _dtype_of(module: nn.Module) -> torch.dtype:
+    return next((p.dtype for p in module.parameters()), torch.float32)
+
+
+def _is_channels_last(module: nn.Module) -> bool:
+    kernels = (p for p in module.parameters() if p.dim() == 4)
+    first = next(kernels, None)
+    return first is not None and first.is_contiguous(memory_format=torch.channels_last)
 
 
 def _device_of(module: nn.Module) -> torch.device:

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: runs on servers and in CI
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 from sklearn.metrics import classification_report, confusion_matrix
 
 
@@ -30,20 +27,26 @@ def write_test_artifacts(
 
 
 def _plot_confusion_matrix(matrix: np.ndarray, names: list[str], path: Path) -> None:
+    """Drawn on a bare Figure (no pyplot state, safe in threads) with margins sized from the
+    longest class name: tight_layout would cost as much again as the drawing, after every
+    sweep trial."""
     size = max(4.0, 0.5 * len(names) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
+    longest = max(len(n) for n in names)
+    margin_inches = 0.7 + 0.08 * longest
+    margin = min(0.45, margin_inches / size)
+    fig = Figure(figsize=(size, size))
+    fig.subplots_adjust(left=margin, bottom=margin, right=0.97, top=0.92)
+    ax = fig.add_subplot()
     ax.imshow(matrix, cmap="Blues")
     ticks = range(len(names))
     ax.set(
         xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="true", title="Test confusion matrix"
     )
-    ax.set_xticklabels(names, rotation=90 if len(names) > 10 else 0)
+    ax.set_xticklabels(names, rotation=90 if len(names) > 10 or longest > 3 else 0)
     ax.set_yticklabels(names)
     if len(names) <= 20:
         threshold = matrix.max() / 2
         for (i, j), count in np.ndenumerate(matrix):
             color = "white" if count > threshold else "black"
             ax.text(j, i, str(count), ha="center", va="center", color=color, fontsize=8)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
