@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +58,17 @@ class InterruptAfterFirstEpoch(pl.Callback):
 class FailAfterFirstEpoch(pl.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         raise RuntimeError("disk on fire")
+
+
+class SignalAtStep(pl.Callback):
+    """Sends this process a real signal after optimizer step `step`, as `kill` or a
+    scheduler would. Once only: the file `once` marks it sent, so the resumed run (whose
+    recorded config names this callback too) trains on."""
+
+    def __init__(self, step: int, once: str, signal_name: str = "SIGTERM"):
+        self.step, self.once, self.signal_name = step, Path(once), signal_name
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step and not self.once.exists():
+            self.once.touch()
+            os.kill(os.getpid(), getattr(signal, self.signal_name))

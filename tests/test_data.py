@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader
 
 from tests.helpers import write_image_folder
 from transferlab.data.datasets import Cifar, Digits, ImageFolderDataset
-from transferlab.data.module import TransferDataModule
+from transferlab.data.module import ShuffledBatches, TransferDataModule
 from transferlab.data.splits import TaskSpec, carve_task
 from transferlab.data.transforms import Preprocessing
 from transferlab.errors import UserError
@@ -135,13 +135,12 @@ def test_epoch_samples_cycles_a_small_train_set():
 def test_in_memory_batches_are_gathered_whole_and_match_per_image_loading():
     loader_cfg = OmegaConf.create({"batch_size": 16, "num_workers": "auto"})
     dataset_cfg = OmegaConf.create({"_target_": "transferlab.data.datasets.Digits"})
-    data = TransferDataModule(dataset_cfg, NATIVE, loader_cfg)
+    data = TransferDataModule(dataset_cfg, NATIVE, loader_cfg, seed=3)
     data.setup()
-    torch.manual_seed(3)
     ours = list(data.train_dataloader())
-    torch.manual_seed(3)
     train = data.splits.train.dataset
-    by_image = list(DataLoader(train, batch_size=16, sampler=RandomSampler(train)))
+    order = ShuffledBatches(len(train), 16, seed=3)
+    by_image = list(DataLoader(train, batch_sampler=order))
     assert data.train_dataloader().batch_size is None  # one fetch per batch, no collate
     assert len(ours) == len(by_image)
     for (images, targets), (expected_images, expected_targets) in zip(ours, by_image, strict=True):
@@ -149,6 +148,32 @@ def test_in_memory_batches_are_gathered_whole_and_match_per_image_loading():
     assert [len(t) for _, t in data.test_dataloader()] == [16] * (len(data.splits.test) // 16) + [
         len(data.splits.test) % 16
     ]
+
+
+def test_the_training_order_depends_on_seed_and_epoch_alone():
+    """What lets a resumed run train on exactly the batches the interrupted one had left:
+    any epoch's order can be made again, and the global RNG (dropout, MixUp) is untouched."""
+    rng = torch.get_rng_state()
+
+    def epoch(seed: int, number: int, skip: int = 0) -> list[list[int]]:
+        batches = ShuffledBatches(100, 16, seed)
+        batches.set_epoch(number)
+        batches.skip_once(skip)
+        return list(batches)
+
+    first = epoch(seed=0, number=1)
+    assert first == epoch(seed=0, number=1)
+    assert first != epoch(seed=0, number=2) and first != epoch(seed=1, number=1)
+    assert sorted(i for batch in first for i in batch) == list(range(100))  # a permutation
+    assert [len(b) for b in first] == [16] * 6 + [4]
+    assert epoch(seed=0, number=1, skip=4) == first[4:]
+    assert torch.equal(torch.get_rng_state(), rng)
+    resumed = ShuffledBatches(100, 16, seed=0)
+    resumed.skip_once(5)
+    assert len(list(resumed)) == 2 and len(list(resumed)) == 7  # skipped once, then whole
+    assert [len(b) for b in ShuffledBatches(97, 16, seed=0)] == [16] * 6  # no batch of one
+    cycled = list(ShuffledBatches(10, 4, seed=0, num_samples=25))
+    assert [len(b) for b in cycled] == [4] * 6  # 25 = 6 x 4 + 1: the one is dropped
 
 
 def test_image_files_load_in_auto_workers(tmp_path):

@@ -158,7 +158,8 @@ def test_loaders_pin_memory_when_the_trainer_trains_on_cuda(make_config):
     cfg = make_config(*SMALL_SYNTHETIC)
     _, data = build_backbone_and_data(cfg)
     assert not data.train_dataloader().pin_memory  # not attached to a trainer: the CPU default
-    data.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
+    cuda = SimpleNamespace(root_device=torch.device("cuda", 0))
+    data.trainer = SimpleNamespace(strategy=cuda, world_size=1, global_rank=0)
     assert data.train_dataloader().pin_memory and data.test_dataloader().pin_memory
     data.pin_memory = False  # an explicit choice wins
     assert not data.val_dataloader().pin_memory

@@ -150,6 +150,7 @@ def test_resume_after_an_unfreeze_milestone_keeps_the_backbone_trainable(make_co
         return pl.Trainer(
             max_epochs=epochs,
             callbacks=callbacks,
+            default_root_dir=tmp_path,
             logger=False,
             enable_progress_bar=False,
             deterministic=True,

@@ -55,14 +55,16 @@ def test_grid_multirun_is_one_study_and_survives_a_failing_job(tmp_path):
 
 
 @pytest.mark.slow
-def test_parallel_workers_on_one_sqlite_store_lose_nothing(tmp_path):
-    """2 joblib workers x 6 jobs writing to one sqlite file: every run, every metric."""
-    epochs = 3
+@pytest.mark.parametrize("repetition", [1, 2, 3])
+def test_parallel_workers_on_one_sqlite_store_lose_nothing(tmp_path, repetition):
+    """4 joblib workers x 8 jobs writing to one sqlite file, three times over: every run,
+    every metric, every time (sqlite's lock contention is what would lose them)."""
+    epochs = 2
     result = multirun(
         tmp_path,
         "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
-        "optimizer.lr=1e-3,2e-3,3e-3",
+        "hydra.launcher.n_jobs=4",
+        "optimizer.lr=1e-3,2e-3,3e-3,4e-3",
         "seed=1,2",
         f"trainer.max_epochs={epochs}",
         "~callbacks.progress_bar",
@@ -70,13 +72,13 @@ def test_parallel_workers_on_one_sqlite_store_lose_nothing(tmp_path):
         "experiment_name=parallel",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "6 jobs (6 finished)" in result.stdout
+    assert "8 jobs (8 finished)" in result.stdout
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("parallel").experiment_id])
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(children) == 6
+    assert len(children) == 8
     assert {(r.data.params["optimizer.lr"], r.data.params["seed"]) for r in children} == {
-        (lr, seed) for lr in ("0.001", "0.002", "0.003") for seed in ("1", "2")
+        (lr, seed) for lr in ("0.001", "0.002", "0.003", "0.004") for seed in ("1", "2")
     }
     for run in children:
         assert run.info.status == "FINISHED"

@@ -1,11 +1,28 @@
-"""The MLflow run life cycle against a real sqlite store: every metric arrives, and a
-metric the store refuses fails the run by name instead of vanishing."""
+"""The MLflow run life cycle against a real sqlite store: every metric arrives, a metric
+the store refuses fails the run by name instead of vanishing, a run whose process was killed
+is failed by the next start, and a tracking server that does not answer stops a run at once."""
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
+import time
+
 import pytest
 
+from tests.conftest import PYTHON
+from transferlab.errors import UserError
+from transferlab.resume import CHECKPOINT_TAG
 from transferlab.tracking.mlflow_run import MetricsNotWritten, Tracker
+from transferlab.tracking.orphans import (
+    HOST_TAG,
+    PID_NAMESPACE_TAG,
+    PID_START_TAG,
+    PID_TAG,
+    process_tags,
+)
+from transferlab.tracking.store import check_reachable
 
 
 def test_every_metric_arrives_with_its_step(tracking_uri, client, experiment):
@@ -30,3 +47,104 @@ def test_a_refused_metric_fails_the_run_and_the_others_still_arrive(
     assert finished.info.status == "FAILED"
     assert "../escape" in finished.data.tags["error"]
     assert finished.data.metrics == {"val/acc": 0.5}
+
+
+# --- runs left RUNNING by a killed process; an unreachable tracking server ----------------
+
+KILLED_INSIDE_A_RUN = """
+import os, signal, sys
+from transferlab.tracking.mlflow_run import Tracker
+
+with Tracker(sys.argv[1], sys.argv[2]).start_run("killed", {}) as run:
+    print(run.run_id, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.slow
+def test_the_next_start_fails_a_run_whose_process_was_killed_and_offers_resume(
+    train, client, tracking_uri, experiment, tmp_path, capsys
+):
+    killed = subprocess.run(
+        [PYTHON, "-c", KILLED_INSIDE_A_RUN, tracking_uri, experiment],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    run_id = killed.stdout.strip()
+    assert client.get_run(run_id).info.status == "RUNNING"
+    checkpoint = tmp_path / "last.ckpt"
+    checkpoint.write_bytes(b"a checkpoint")
+    client.set_tag(run_id, CHECKPOINT_TAG, str(checkpoint))
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    alive = client.create_run(experiment_id, run_name="alive", tags=process_tags()).info.run_id
+
+    train()
+
+    failed = client.get_run(run_id)
+    pid = failed.data.tags[PID_TAG]
+    assert failed.info.status == "FAILED"
+    assert f"process {pid} on {socket.gethostname()} is gone" in failed.data.tags["error"]
+    stderr = capsys.readouterr().err
+    assert f"run {run_id} (killed) marked FAILED: its process {pid}" in stderr
+    assert f"resume it with: transferlab-train resume={run_id}" in stderr
+    assert client.get_run(alive).info.status == "RUNNING"
+    client.set_terminated(alive)
+
+
+def test_a_reused_pid_fails_the_run_and_unknown_processes_are_left_alone(
+    tracking_uri, client, experiment, capsys
+):
+    mine = process_tags()
+    if PID_START_TAG not in mine or PID_NAMESPACE_TAG not in mine:
+        pytest.skip("needs /proc: start times and pid namespaces")
+    experiment_id = Tracker(tracking_uri, experiment).experiment_id
+    dead = "4194305"  # above Linux's largest pid
+    runs = {
+        "earlier-process-same-pid": {PID_START_TAG: "1"},
+        "another-host": {HOST_TAG: "another-host", PID_TAG: dead},
+        "another-pid-namespace": {PID_NAMESPACE_TAG: "pid:[1]", PID_TAG: dead},
+    }
+    ids = {
+        name: client.create_run(experiment_id, run_name=name, tags={**mine, **tags}).info.run_id
+        for name, tags in runs.items()
+    }
+
+    Tracker(tracking_uri, experiment)
+
+    status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
+    assert status == {
+        "earlier-process-same-pid": "FAILED",
+        "another-host": "RUNNING",
+        "another-pid-namespace": "RUNNING",
+    }
+    assert "resume" not in capsys.readouterr().err  # no checkpoint recorded
+    for run_id in ids.values():
+        client.set_terminated(run_id)
+
+
+def test_an_unreachable_tracking_server_is_one_clear_error_before_training(train, runs, tmp_path):
+    with socket.socket() as probe:  # a port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    with pytest.raises(UserError) as error:
+        train(f"tracking.uri={uri}")
+    assert time.monotonic() - started < 5
+    assert str(error.value).startswith(f"tracking.uri={uri}: ")
+    assert "(connection refused)" in str(error.value)
+    assert f"mlflow server --host 127.0.0.1 --port {port}" in str(error.value)
+    assert "tracking.uri=sqlite:///mlflow.db" in str(error.value)
+    assert runs() == []
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_tracking_server_that_does_not_answer_is_refused_after_the_timeout():
+    with socket.socket() as server:  # accepts connections, never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        uri = f"http://127.0.0.1:{server.getsockname()[1]}"
+        with pytest.raises(UserError, match=r"does not answer \(no answer within 0.5 s\)"):
+            check_reachable(uri, timeout=0.5)

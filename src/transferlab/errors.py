@@ -1,5 +1,7 @@
 """User-facing errors: one clear line, no traceback."""
 
+from __future__ import annotations
+
 from hydra.errors import CompactHydraException
 
 
@@ -39,3 +41,15 @@ class RunStopped(Exception):
 
     status = "KILLED"
     tags: dict[str, str] = {}  # noqa: RUF012 - class-level defaults, overridden per subclass
+
+
+class TrainingDiverged(UserError):
+    """The training loss became NaN or inf: every later step would train on garbage."""
+
+    @classmethod
+    def at(cls, value: float, step: int, epoch: int) -> TrainingDiverged:
+        return cls(
+            f"the training loss is {value} at global step {step} (epoch {epoch}); try a lower "
+            "optimizer.lr, gradient clipping (trainer.gradient_clip_val=1.0) or full "
+            "precision (trainer.precision=32-true)"
+        )

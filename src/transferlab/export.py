@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import sys
 import tempfile
 import warnings
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from transferlab.errors import UserError, one_of
+from transferlab.safe_load import load_tensors
 
 if TYPE_CHECKING:
     import torch
@@ -57,8 +57,8 @@ def export_run(run_id: str, fmt: str, out: str | Path, tracking_uri: str | None 
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from transferlab.tracking.mlflow_run import RetryingClient
-    from transferlab.tracking.mlflow_run import tracking_uri as default_uri
+    from transferlab.tracking.store import RetryingClient
+    from transferlab.tracking.store import tracking_uri as default_uri
 
     if fmt not in FILES:
         raise UserError(f"--format {fmt!r} is unknown; use {one_of(FILES)}")
@@ -253,7 +253,6 @@ def _stage_config(client, run: Run, scratch: str) -> DictConfig:
 
 
 def _checkpoint_state(client, run: Run, scratch: str) -> dict[str, Any]:
-    import torch
 
     role = run.data.tags.get("transferlab.role", "")
     missing = (
@@ -262,13 +261,7 @@ def _checkpoint_state(client, run: Run, scratch: str) -> dict[str, Any]:
         else "trained with callbacks that save no checkpoint (callbacks=none?)"
     )
     local = _artifact(client, run, CHECKPOINT, scratch, missing)
-    try:
-        checkpoint = torch.load(local, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise UserError(
-            f"{CHECKPOINT} of run {run.info.run_id} holds objects that need pickle to load "
-            f"(refused for safety): {str(err).partition(chr(10))[0]}"
-        ) from err
+    checkpoint = load_tensors(local, f"{CHECKPOINT} of run {run.info.run_id}")
     return checkpoint["state_dict"]
 
 

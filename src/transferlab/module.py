@@ -3,12 +3,16 @@ optional regulariser toward the source, label smoothing and MixUp / CutMix."""
 
 from __future__ import annotations
 
+import math
+
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.strategies import Strategy
 from torch import nn
 from torchvision.transforms import v2
 
+from transferlab.errors import TrainingDiverged
 from transferlab.finetune.freezing import frozen_stages, warmup_factor
 from transferlab.finetune.optim import build_optimizer, build_scheduler
 from transferlab.models.backbones import Backbone
@@ -38,6 +42,7 @@ class TransferModule(pl.LightningModule):
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.mix = _batch_mixing(num_classes, mixup_alpha, cutmix_alpha)
         self.epoch_sums: dict[str, EpochSums] = {}
+        self.loss_guard: NonFiniteLossGuard | None = None
         self.test_predictions: list[torch.Tensor] = []
         self.test_targets: list[torch.Tensor] = []
 
@@ -97,6 +102,7 @@ class TransferModule(pl.LightningModule):
             penalty = self.regularizer(mixed_images, features)
             sums.add_extra("reg", penalty, len(targets))
             loss = loss + penalty
+        self.loss_guard.record(loss, self.global_step, self.current_epoch)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -118,6 +124,8 @@ class TransferModule(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._apply_freeze()
         self.epoch_sums["train"] = EpochSums(self.device)
+        deferred = self.device.type != "cpu" or self.trainer.world_size > 1
+        self.loss_guard = NonFiniteLossGuard(self.device, deferred)
 
     def on_validation_epoch_start(self) -> None:
         self.epoch_sums["val"] = EpochSums(self.device)
@@ -127,6 +135,7 @@ class TransferModule(pl.LightningModule):
         self.test_predictions, self.test_targets = [], []
 
     def on_train_epoch_end(self) -> None:
+        self.loss_guard.check(self.trainer.strategy, self.current_epoch)
         self._log_epoch("train")
 
     def on_validation_epoch_end(self) -> None:
@@ -134,6 +143,9 @@ class TransferModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
+        if self.trainer.world_size > 1:  # each DDP process scored its share of the images
+            self.test_predictions = _gathered(self, self.test_predictions)
+            self.test_targets = _gathered(self, self.test_targets)
 
     def _log_epoch(self, split: str) -> None:
         """Means over every image of the epoch, on all ranks together (sums are reduced)."""
@@ -153,6 +165,18 @@ class TransferModule(pl.LightningModule):
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def _gathered(module: pl.LightningModule, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Every process's 1-D `parts`, one tensor per process, on the CPU. all_gather needs
+    the same shape everywhere: each share is padded to the longest, then cut back."""
+    mine = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+    mine = mine.to(module.device)
+    lengths = module.all_gather(torch.tensor(len(mine), device=module.device))
+    padded = mine.new_zeros(int(lengths.max()))
+    padded[: len(mine)] = mine
+    shares = module.all_gather(padded)
+    return [share[:length].cpu() for share, length in zip(shares, lengths.tolist(), strict=True)]
 
 
 def _batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float):
@@ -184,3 +208,36 @@ class EpochSums:
 
     def add_extra(self, name: str, value: torch.Tensor, size: int) -> None:
         self.sums[name] = self.sums.get(name, 0) + value.detach() * size
+
+
+class NonFiniteLossGuard:
+    """Stops training at the first NaN / inf training loss, naming its step.
+
+    In one CPU process reading the loss costs under a microsecond, so it raises at once,
+    before the optimizer step uses the loss. Reading a GPU tensor waits for the device, which
+    would cost throughput every step, and DDP processes must stop together: there
+    (`deferred`) the first bad step is only recorded on the device (torch.where, no sync),
+    and `check` reads it, over all processes, at the end of the epoch.
+    """
+
+    NONE = torch.iinfo(torch.int64).max  # no bad step: ignored by the minimum over processes
+
+    def __init__(self, device: torch.device, deferred: bool):
+        self.deferred = deferred
+        self.first_step = torch.full((), self.NONE, dtype=torch.int64, device=device)
+        self.value = torch.zeros((), device=device)
+
+    def record(self, loss: torch.Tensor, step: int, epoch: int) -> None:
+        if not self.deferred:
+            if not math.isfinite(value := loss.item()):
+                raise TrainingDiverged.at(value, step, epoch)
+            return
+        keep = torch.isfinite(loss) | (self.first_step != self.NONE)
+        self.first_step = torch.where(keep, self.first_step, step)
+        self.value = torch.where(keep, self.value, loss.detach().float())
+
+    def check(self, strategy: Strategy, epoch: int) -> None:
+        step = int(strategy.reduce(self.first_step, reduce_op="min"))
+        if step != self.NONE:
+            value = float(strategy.reduce(self.value, reduce_op="sum"))  # nan if any is nan
+            raise TrainingDiverged.at(value, step, epoch)

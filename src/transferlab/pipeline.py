@@ -14,6 +14,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -23,9 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.loggers import Logger
 
-from transferlab.config import CLASSICAL_HEADS
+from transferlab.checkpointing import last_checkpoint_path, resumable_callbacks
+from transferlab.config import CLASSICAL_HEADS, check_accelerator
 from transferlab.data.module import TransferDataModule
 from transferlab.data.splits import Fold
+from transferlab.distributed import UnrecordedRun, barrier, is_global_zero
 from transferlab.errors import UserError, instantiate, one_of
 from transferlab.finetune.freezing import check_fits_backbone
 from transferlab.finetune.regularizers import build_regularizer
@@ -47,6 +50,7 @@ from transferlab.models.inference_cost import (
 from transferlab.module import TransferModule
 from transferlab.objective import objective_value
 from transferlab.pruning import pruning_callbacks
+from transferlab.resume import CHECKPOINT_TAG, Resumption
 from transferlab.stage_configs import (
     config_key,
     derived_choices,
@@ -56,8 +60,10 @@ from transferlab.stage_configs import (
 )
 from transferlab.tracking.artifacts import write_test_artifacts
 from transferlab.tracking.lightning_logger import TrackedRunLogger
-from transferlab.tracking.mlflow_run import TrackedRun, Tracker, tracking_uri
+from transferlab.tracking.mlflow_run import TrackedRun, Tracker
+from transferlab.tracking.redaction import redacted
 from transferlab.tracking.run_info import group_choices, log_config, run_name, run_tags, sweep_tags
+from transferlab.tracking.store import tracking_uri
 
 SOURCE_WEIGHTS = "backbone.pt"
 
@@ -68,6 +74,10 @@ logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 # Frozen BatchNorm layers are put in eval mode on purpose (see TransferModule.train).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start")
+# Lightning 2.6's all_gather (DDP test predictions) uses a torch API that torch deprecates.
+warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather")
+# Under DDP, TransferModule reduces its epoch sums over the processes before logging them.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(.*sync_dist=True")
 
 
 @dataclass
@@ -78,6 +88,22 @@ class StageResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+class ReplicaTracker(Tracker):
+    """The tracker of a DDP process other than rank 0: it reads the store as rank 0 does
+    (a source run to reuse), but its runs record nothing: rank 0 records the run once."""
+
+    def start_run(
+        self, name: str, tags: dict[str, str], run_id: str | None = None, **recording: Any
+    ) -> UnrecordedRun:
+        """`recording`: Tracker.start_run's other options, about what is not recorded here."""
+        return UnrecordedRun(name, run_id)
+
+
+def open_tracker(uri: str, experiment_name: str, experiment: DictConfig) -> Tracker:
+    kind = Tracker if is_global_zero() else ReplicaTracker
+    return kind(uri, experiment_name, experiment=experiment)
+
+
 def run_experiment(cfg: DictConfig) -> float:
     """Runs what the config asks for and returns the objective (for Hydra sweepers)."""
     main = run_stages(cfg, group_choices(), sweep_tags())
@@ -86,10 +112,11 @@ def run_experiment(cfg: DictConfig) -> float:
 
 def run_stages(cfg: DictConfig, choices: dict[str, str], tags: dict[str, str]) -> StageResult:
     """[source stage] -> [scratch baseline] -> main stage (or its folds); returns the main."""
-    cfg = _resolved(cfg)
+    original, cfg = cfg, _resolved(cfg)
     check_accelerator(cfg.trainer.accelerator)
     share_cpus_between_workers()
-    tracker = Tracker(tracking_uri(cfg.tracking.uri), cfg.experiment_name, experiment=cfg)
+    experiment = redacted(cfg, original)  # what its runs record: no secret, no value of $ENV
+    tracker = open_tracker(tracking_uri(cfg.tracking.uri), cfg.experiment_name, experiment)
     target_cfg, tags = cfg, dict(tags)
     if cfg.source:
         weights, source_run_id = pretrain_source(cfg, tracker, choices)
@@ -111,6 +138,20 @@ def run_stages(cfg: DictConfig, choices: dict[str, str], tags: dict[str, str]) -
     return main
 
 
+def resume_stage(resumption: Resumption, output_dir: str) -> float:
+    """Continues an interrupted run (see transferlab.resume) in its own MLflow run, and in
+    its own output folder where that is still here: its best checkpoint so far is there,
+    and Lightning restores the best score only for the same folder."""
+    cfg = resumption.config.copy()
+    if not Path(cfg.output_dir).is_dir():
+        cfg.output_dir = output_dir
+    check_accelerator(cfg.trainer.accelerator)
+    tracker = open_tracker(tracking_uri(cfg.tracking.uri), cfg.experiment_name, cfg)
+    result = run_stage(cfg, tracker, resumption.choices, resumption.role, resume=resumption)
+    print_summary([result], tracker)
+    return objective(result, cfg.optimize_metric)
+
+
 def run_stage(
     cfg: DictConfig,
     tracker: Tracker,
@@ -119,19 +160,27 @@ def run_stage(
     tags: dict[str, str] | None = None,
     baseline: StageResult | None = None,
     fold: Fold | None = None,
+    resume: Resumption | None = None,
 ) -> StageResult:
-    """One MLflow run: build, fit, test with the best checkpoint, record."""
+    """One MLflow run: build, fit, test with the best checkpoint, record. Resuming, the
+    run is the interrupted one, whose params and config files are already recorded."""
     name = run_name(cfg, choices, role) + (f"-fold{fold.index}" if fold else "")
-    with tracker.start_run(name, {**run_tags(cfg, role), **(tags or {})}) as run:
-        stage_dir = Path(cfg.output_dir) / role / (f"fold{fold.index}" if fold else "")
-        log_config(run, tracker, cfg, choices, role, stage_dir)
+    all_tags = {**run_tags(cfg, role), **(tags or {})}
+    stage_dir = Path(cfg.output_dir) / role / (f"fold{fold.index}" if fold else "")
+    run_id = resume.run_id if resume else None
+    with tracker.start_run(name, all_tags, run_id=run_id, local_dir=stage_dir) as run:
+        if resume is None and is_global_zero():
+            log_config(run, tracker, cfg, choices, role, stage_dir)
         backbone, data = build_backbone_and_data(cfg, fold)
         precision = resolve_precision(cfg.trainer.get("precision"))
         if cfg.head.name in CLASSICAL_HEADS:
             features = split_features(cfg, backbone, data, precision, fold)
             metrics = fit_classical_head(cfg, run, features, data.class_names, stage_dir)
         else:
-            metrics = fit_neural_head(cfg, run, backbone, data, stage_dir, precision, fold)
+            checkpoint = resume.checkpoint if resume else None
+            metrics = fit_neural_head(
+                cfg, run, backbone, data, stage_dir, precision, fold, checkpoint
+            )
         if baseline is not None:
             comparison = compare_with(metrics, baseline)
             run.log_metrics(comparison)
@@ -147,9 +196,12 @@ def fit_neural_head(
     stage_dir: Path,
     precision: str,
     fold: Fold | None,
+    resume_from: Path | None = None,
 ) -> dict[str, float]:
-    """Lightning fit, then test with the best checkpoint. A backbone that never trains is
-    run once per split (features cached), and only the head is trained on its output."""
+    """Lightning fit (from `resume_from`, a last checkpoint, when resuming), then test with
+    the best checkpoint. A backbone that never trains is run once per split (features
+    cached), and only the head is trained on its output. Checkpoints are read with
+    weights_only=True: one that needs pickle is refused unread."""
     shape = image_shape(data.splits.test.dataset)  # read before features replace images
     trained = backbone
     if can_cache_features(cfg, backbone):
@@ -157,18 +209,21 @@ def fit_neural_head(
         trained = FeaturesAsInput(backbone)
     module = build_module(cfg, trained, data.num_classes)
     trainer = build_trainer(cfg, TrackedRunLogger(run), stage_dir, precision)
+    last = last_checkpoint_path(stage_dir).resolve()
+    run.set_tags({CHECKPOINT_TAG: str(last)})  # what `resume` continues from
     fit_start = time.perf_counter()
-    trainer.fit(module, datamodule=data)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
     run.log_metrics({"time/fit_s": time.perf_counter() - fit_start})  # what sweeps compare
     setting = InferenceSetting(
         shape, trainer.strategy.root_device, precision, trainer.current_epoch
     )
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    trainer.test(module, datamodule=data, ckpt_path=best or None, verbose=False)
+    trainer.test(module, datamodule=data, ckpt_path=best or None, verbose=False, weights_only=True)
     metrics = final_metrics(trainer)
     summary = {f"{k}_best": v for k, v in best_scores(trainer).items()}
     run.log_metrics(summary)
-    record_artifacts(run, module, data, best, stage_dir, backbone, setting)
+    if is_global_zero():
+        record_artifacts(run, module, data, best, stage_dir, backbone, setting)
     return {**metrics, **summary}
 
 
@@ -179,8 +234,10 @@ def run_cross_validation(
     deviation (`<metric>_std`) of every final metric over the folds; a child run per fold."""
     folds = cfg.cv.folds
     name = f"{run_name(cfg, choices, role)}-cv{folds}"
-    with tracker.start_run(name, {**run_tags(cfg, f"{role}-cv"), **tags}) as parent:
-        log_config(parent, tracker, cfg, choices, role, Path(cfg.output_dir) / role)
+    cv_tags = {**run_tags(cfg, f"{role}-cv"), **tags}
+    with tracker.start_run(name, cv_tags, local_dir=Path(cfg.output_dir) / role) as parent:
+        if is_global_zero():
+            log_config(parent, tracker, cfg, choices, role, Path(cfg.output_dir) / role)
         child_tags = {**tags, "mlflow.parentRunId": parent.run_id}
         results = [
             run_stage(cfg, tracker, choices, role, child_tags, fold=Fold(i, folds))
@@ -223,7 +280,7 @@ def build_backbone_and_data(
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     backbone = instantiate(cfg.backbone)
     check_fits_backbone(cfg.freeze, backbone.num_stages, backbone.name)
-    data = TransferDataModule(cfg.dataset, backbone.preprocessing, cfg.loader, fold)
+    data = TransferDataModule(cfg.dataset, backbone.preprocessing, cfg.loader, fold, seed=cfg.seed)
     data.setup()
     return backbone, data
 
@@ -248,10 +305,13 @@ def build_trainer(
     cfg: DictConfig, logger: Logger | bool, stage_dir: Path, precision: str
 ) -> pl.Trainer:
     """Lightning's Trainer from `cfg.trainer`, less transferlab's own keys (`channels_last`,
-    `compile`), which a callback applies to the module instead."""
+    `compile`), which a callback applies to the module instead. Under DDP the data module
+    gives each process its share of the batches itself: Lightning's DistributedSampler
+    would shuffle the seeded training order again and repeat evaluation images."""
     trainer_cfg, options = trainer_arguments(cfg.trainer)
     configured = [instantiate(c) for c in cfg.callbacks.values() if c is not None]  # null: off
-    callbacks = [*configured, *pruning_callbacks(cfg)]
+    resumable = resumable_callbacks(cfg.checkpoint, stage_dir)  # after the best checkpoint
+    callbacks = [*configured, *pruning_callbacks(cfg), *resumable]
     if any(options.values()):
         callbacks.append(GpuOptions(**options))
     return instantiate(
@@ -261,6 +321,7 @@ def build_trainer(
         logger=logger,
         default_root_dir=str(stage_dir),
         enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
+        use_distributed_sampler=False,
     )
 
 
@@ -269,13 +330,6 @@ def resolve_precision(precision: str | None) -> str:
     if precision != "auto-mixed":
         return precision or "32-true"
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-
-
-def check_accelerator(accelerator: str) -> None:
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise UserError(
-            f"trainer.accelerator={accelerator} but no CUDA GPU is visible; use trainer=cpu"
-        )
 
 
 def pretrain_source(cfg: DictConfig, tracker: Tracker, choices: dict[str, str]):
@@ -292,14 +346,19 @@ def pretrain_source(cfg: DictConfig, tracker: Tracker, choices: dict[str, str]):
             {"transferlab.source_key": key},
         )
         run_id = stage.run_id
-    else:
+    elif is_global_zero():
         print(f"Reusing source run {run_id} (its config is unchanged).")
     target = Path(cfg.output_dir) / "source_weights"
-    target.mkdir(parents=True, exist_ok=True)
-    path = download_artifacts(
-        run_id=run_id, artifact_path=SOURCE_WEIGHTS, dst_path=str(target), tracking_uri=tracker.uri
-    )
-    return Path(path), run_id
+    if is_global_zero():
+        target.mkdir(parents=True, exist_ok=True)
+        download_artifacts(
+            run_id=run_id,
+            artifact_path=SOURCE_WEIGHTS,
+            dst_path=str(target),
+            tracking_uri=tracker.uri,
+        )
+    barrier()  # under DDP the others load what rank 0 downloaded (the output folder is shared)
+    return target / SOURCE_WEIGHTS, run_id
 
 
 # --- derived configs -------------------------------------------------------------------
@@ -363,6 +422,8 @@ def objective(result: StageResult, metric: str) -> float:
 
 
 def print_summary(results: list[StageResult], tracker: Tracker) -> None:
+    if not is_global_zero():
+        return
     from rich.console import Console
     from rich.table import Table
 

@@ -100,7 +100,7 @@ def write_report(
     """Writes DIR/report.md and the plots; returns the path of report.md."""
     from mlflow.tracking import MlflowClient
 
-    from transferlab.tracking.mlflow_run import tracking_uri as resolve_uri
+    from transferlab.tracking.store import tracking_uri as resolve_uri
 
     uri = resolve_uri(tracking_uri)
     _check_store(uri)

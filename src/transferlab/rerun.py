@@ -4,7 +4,9 @@ finished run again from what MLflow recorded, and says whether its final metrics
 The run's `experiment.yaml` is the resolved config of the whole invocation (source stage,
 baseline and all) and its params hold the group choices, so nothing depends on the config
 files as they are today. The new run is tagged `transferlab.rerun_of`. On the CPU, with
-deterministic algorithms, the metrics must match exactly.
+deterministic algorithms, the metrics must match exactly. Values read from the environment
+(`${oc.env:VAR}`) are read again; a run given a literal secret, which is never recorded,
+is not rerun.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from transferlab.errors import UserError
 from transferlab.objective import GROUPS
+from transferlab.tracking.redaction import refuse_redacted_secrets
 
 COMPARED = ("test/acc", "test/loss", "val/acc_best")
 
@@ -29,8 +32,8 @@ def rerun(run_id: str, tracking_uri: str | None = None, output_dir: str | None =
     from omegaconf import OmegaConf
 
     from transferlab.pipeline import run_stages
-    from transferlab.tracking.mlflow_run import RetryingClient
-    from transferlab.tracking.mlflow_run import tracking_uri as default_uri
+    from transferlab.tracking.store import RetryingClient
+    from transferlab.tracking.store import tracking_uri as default_uri
 
     uri = default_uri(tracking_uri)
     client = RetryingClient(MlflowClient(uri))
@@ -45,6 +48,7 @@ def rerun(run_id: str, tracking_uri: str | None = None, output_dir: str | None =
         raise UserError(f"run {run_id} is {original.info.status}; only finished runs are rerun")
     _warn_if_code_changed(original.data.tags.get("mlflow.source.git.commit"))
     cfg = OmegaConf.load(config_file)
+    refuse_redacted_secrets(f"rerun {run_id}", cfg)
     cfg.tracking.uri = uri
     cfg.output_dir = output_dir or str(
         Path("outputs") / f"rerun-{run_id[:8]}-{time.strftime('%H%M%S')}"

@@ -1,7 +1,8 @@
 """Entry point: `python -m transferlab.train [overrides]` (console script `transferlab-train`).
 
-Kept thin and light: `--help`, `--cfg job` and config errors answer without importing
-torch, Lightning or MLflow (~10 s here); the pipeline is imported only to train.
+Kept thin and light: `--help`, `--cfg job` and most config errors (validation's first
+pass) answer without importing torch, Lightning or MLflow (~10 s here); the pipeline is
+imported only to train.
 """
 
 import sys
@@ -13,23 +14,44 @@ from omegaconf import DictConfig
 
 from hydra_plugins.transferlab_optuna import register_optuna_sweeper
 from transferlab.config import validate
-from transferlab.errors import RunStopped, UserError
+from transferlab.distributed import is_global_zero, job_processes, run_launching_job
+from transferlab.errors import RunStopped, TrainingDiverged, UserError
+from transferlab.resume import RunInterrupted
 from transferlab.studies import register_studies
 
 register_studies()
 register_optuna_sweeper()
+run_launching_job()  # a DDP process started for one job of a multirun runs that job only
 
 
 def run(cfg: DictConfig) -> float:
     """The task: check the config, then train, test and record; returns the objective."""
     validate(cfg)
+    if cfg.resume:
+        return resume(cfg)
     from transferlab.pipeline import run_experiment
 
     return run_experiment(cfg)
 
 
+def resume(cfg: DictConfig) -> float:
+    """`resume=<run id | last.ckpt>`: the interrupted run goes on, with its recorded config."""
+    from transferlab.pipeline import resume_stage
+    from transferlab.resume import find_resumption, refuse_changing_overrides
+    from transferlab.tracking.store import tracking_uri
+
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    refuse_changing_overrides(overrides, str(cfg.resume))
+    store = tracking_uri(cfg.tracking.uri)
+    resumption = find_resumption(str(cfg.resume), store)
+    resumption.config.tracking.uri = store  # where it was found, whatever it recorded
+    return resume_stage(resumption, cfg.output_dir)
+
+
 @hydra.main(version_base="1.3", config_path="pkg://transferlab.conf", config_name="train")
 def main(cfg: DictConfig) -> float:
+    if not is_global_zero():
+        return run_replica(cfg)
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         return run_sweep_job(cfg)
     try:
@@ -37,13 +59,17 @@ def main(cfg: DictConfig) -> float:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
+    except RunInterrupted as stop:
+        print(f"stopped: {stop}", file=sys.stderr)
+        raise SystemExit(stop.exit_code) from None
 
 
 def run_sweep_job(cfg: DictConfig) -> float:
     """A failing job is recorded FAILED and the sweep goes on: its objective is NaN, which
     sweepers treat as a failed trial. A stopped run (a pruned trial) is left to the sweeper."""
     try:
-        return run(cfg)
+        with job_processes():
+            return run(cfg)
     except RunStopped:
         raise
     except Exception as error:
@@ -51,6 +77,18 @@ def run_sweep_job(cfg: DictConfig) -> float:
 
         print(f"error: job failed: {error}", file=sys.stderr)
         record_failed_job(cfg, error)
+        return float("nan")
+
+
+def run_replica(cfg: DictConfig) -> float:
+    """A DDP process other than rank 0 (see transferlab.distributed). The stops that every
+    process takes together (a diverged loss, a pruned trial, a signal) are rank 0's to
+    report and record: this one ends quietly (exit code 0), as Lightning kills rank 0 at
+    once when another of its processes fails. Any other error fails it: rank 0 would
+    otherwise wait for it until the process group times out."""
+    try:
+        return run(cfg)
+    except (TrainingDiverged, RunStopped):
         return float("nan")
 
 

@@ -74,10 +74,11 @@ class Synthetic:
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UserError(f"dataset.{key}={value!r} must be a whole number >= 1")
-        if num_classes < 2 or num_images < num_classes:
+        if num_classes < 2:
+            raise UserError(f"dataset.num_classes={num_classes} must be a whole number >= 2")
+        if num_images < num_classes:
             raise UserError(
-                f"dataset.num_classes={num_classes} needs at least 2 classes and "
-                f"dataset.num_images >= num_classes (got {num_images})"
+                f"dataset.num_images={num_images} must be >= dataset.num_classes={num_classes}"
             )
         if not isinstance(signal, (int, float)) or not 0 <= signal <= 1:
             raise UserError(f"dataset.signal={signal!r} must be in [0, 1]")

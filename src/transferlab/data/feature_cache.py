@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from transferlab.errors import UserError, one_of
+from transferlab.safe_load import load_tensors
 
 # Bump when what is stored, or how it is computed, changes: old entries then stop matching.
 CACHE_FORMAT = 1
@@ -101,7 +102,7 @@ class FeatureCache:
         path = self.directory / f"{digest}.pt"
         if path.is_file():
             self.hits += 1
-            stored = torch.load(path, map_location="cpu", weights_only=True)
+            stored = load_tensors(path, f"feature cache entry {path}", "delete it to recompute")
             return stored["features"], stored["labels"]
         self.misses += 1
         features, labels = compute()

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -9,8 +14,7 @@ from torch.utils.data import (
     BatchSampler,
     DataLoader,
     Dataset,
-    RandomSampler,
-    SequentialSampler,
+    Sampler,
     TensorDataset,
 )
 
@@ -23,7 +27,14 @@ from transferlab.errors import instantiate
 class TransferDataModule(pl.LightningDataModule):
     """`pin_memory`: batches in page-locked host memory, so the copy to the GPU (which
     Lightning issues with non_blocking=True) overlaps with compute. None: pinned exactly when
-    the trainer this module is attached to trains on a CUDA device, unpinned on the CPU."""
+    the trainer this module is attached to trains on a CUDA device, unpinned on the CPU.
+
+    The training order depends on `seed` and the epoch alone, and a checkpoint records how
+    far into its epoch training got, so a resumed run trains on exactly the batches the
+    interrupted one had left (see `state_dict`).
+
+    Under DDP each process takes its own share of every split (see `ShuffledBatches` and
+    `evaluation_batches`); Lightning's DistributedSampler is off (see pipeline.build_trainer)."""
 
     def __init__(
         self,
@@ -32,6 +43,7 @@ class TransferDataModule(pl.LightningDataModule):
         loader: DictConfig,
         fold: Fold | None = None,
         pin_memory: bool | None = None,
+        seed: int = 0,
     ):
         super().__init__()
         config = OmegaConf.to_container(dataset, resolve=True)
@@ -43,6 +55,8 @@ class TransferDataModule(pl.LightningDataModule):
         self.epoch_samples = loader.get("epoch_samples")
         self.fold = fold
         self.pin_memory = pin_memory
+        self.seed = seed
+        self.resume_at: dict[str, int] = {"epoch": 0, "batches_done": 0}
         self.splits: TaskSplits | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -72,35 +86,65 @@ class TransferDataModule(pl.LightningDataModule):
         """Shuffled; with `epoch_samples`, a small train set is cycled through (fresh
         permutations) so an epoch holds several steps, as few-shot training needs."""
         train = self.splits.train.dataset
-        sampler = RandomSampler(train, num_samples=self.epoch_samples)
-        # a last batch of one image breaks BatchNorm in training (one value per channel)
-        return self._loader(train, sampler, drop_last=len(sampler) % self.batch_size == 1)
+        batches = ShuffledBatches(
+            len(train), self.batch_size, self.seed, self.epoch_samples, *self._replicas()
+        )
+        batches.set_epoch(self.resume_at["epoch"])
+        batches.skip_once(self.resume_at["batches_done"])
+        return self._loader(train, batches)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.splits.val.dataset)
+        dataset = self.splits.val.dataset
+        return self._loader(
+            dataset, evaluation_batches(len(dataset), self.batch_size, *self._replicas())
+        )
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.splits.test.dataset)
+        dataset = self.splits.test.dataset
+        return self._loader(
+            dataset, evaluation_batches(len(dataset), self.batch_size, *self._replicas())
+        )
 
-    def _loader(self, dataset, sampler=None, drop_last: bool = False) -> DataLoader:
+    def _replicas(self) -> tuple[int, int]:
+        """(processes, this one's global rank) of the trainer this module is attached to."""
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _loader(self, dataset, batches: Sampler[list[int]]) -> DataLoader:
         """In-memory tensors are gathered a whole batch at a time (`batch_size=None` with a
         batch sampler): per-image indexing and collating cost more than a small model's
-        step, and workers would only add copies. The batches are the same either way."""
+        step, and workers would only add copies. The batches are the same either way. Each
+        loader has a generator of its own: starting an iteration (which draws the workers'
+        seed) leaves the global RNG, and so dropout and MixUp, untouched."""
+        generator = torch.Generator().manual_seed(self.seed)
         if isinstance(dataset, TensorDataset):
-            sampler = BatchSampler(
-                sampler or SequentialSampler(dataset), self.batch_size, drop_last=drop_last
+            return DataLoader(
+                TensorBatches(dataset),
+                batch_size=None,
+                sampler=batches,
+                generator=generator,
+                pin_memory=self._pinned(),
             )
-            batches = TensorBatches(dataset)
-            return DataLoader(batches, batch_size=None, sampler=sampler, pin_memory=self._pinned())
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            drop_last=drop_last,
+            batch_sampler=batches,
+            generator=generator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=self._pinned(),
         )
+
+    def state_dict(self) -> dict[str, int]:
+        """Saved in every checkpoint: where in the training order the run is."""
+        from transferlab.checkpointing import training_position
+
+        epoch, done, epoch_ended = training_position(self.trainer)
+        if epoch_ended:
+            epoch, done = epoch + 1, 0
+        return {"epoch": epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.resume_at = dict(state)
 
     def _pinned(self) -> bool:
         if self.pin_memory is not None:
@@ -116,6 +160,65 @@ def worker_count(configured: int | str) -> int:
     if configured == "auto":
         return min(8, torch.get_num_threads())
     return configured
+
+
+def evaluation_batches(
+    size: int, batch_size: int, num_replicas: int = 1, rank: int = 0
+) -> BatchSampler:
+    """Every image once, in order. Under DDP each process scores every `num_replicas`-th
+    image (the metrics sum the counts over processes). Their batch counts may differ by
+    one: an evaluation syncs the processes in its first step and at its end only, so each
+    needs one batch at least (a split of at least `num_replicas` images)."""
+    return BatchSampler(range(rank, size, num_replicas), batch_size, drop_last=False)
+
+
+class ShuffledBatches(Sampler[list[int]]):
+    """Training batches: a fresh permutation each epoch, drawn from a generator seeded by
+    (seed, epoch) rather than from the global RNG, so that any epoch's order can be made
+    again. Lightning calls `set_epoch` before each epoch. `num_samples` above the dataset's
+    size cycles through several permutations (few-shot training); a last batch of one
+    image is dropped, as it breaks BatchNorm in training (one value per channel).
+
+    Under DDP (`num_replicas` processes) process `rank` takes every `num_replicas`-th batch
+    of that order: a step trains on consecutive batches of it, `num_replicas` times the
+    batch size. Every process must take as many steps (each one syncs them), so the last
+    batches that would leave some processes one short are dropped."""
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        seed: int,
+        num_samples: int | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.num_samples = num_samples or size
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def skip_once(self, batches: int) -> None:
+        """The next iteration starts after `batches` batches: those a resumed run has done."""
+        self.skip = batches
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.num_samples, self.batch_size)
+        return (full + (rest > 1)) // self.num_replicas
+
+    def __iter__(self) -> Iterator[list[int]]:
+        seed = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]
+        generator = torch.Generator().manual_seed(int(seed))
+        passes = math.ceil(self.num_samples / self.size)
+        order = torch.cat([torch.randperm(self.size, generator=generator) for _ in range(passes)])
+        every = order[: self.num_samples].split(self.batch_size)
+        batches = every[self.rank :: self.num_replicas][: len(self)]
+        skip, self.skip = self.skip, 0
+        for batch in batches[skip:]:
+            yield batch.tolist()
 
 
 class TensorBatches(Dataset):

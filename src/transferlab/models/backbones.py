@@ -10,7 +10,6 @@ a `Backbone`.
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch import nn
 from transferlab.data.transforms import Preprocessing
 from transferlab.errors import UserError, one_of
 from transferlab.models.small_cnn import SmallCNN
+from transferlab.safe_load import load_tensors
 
 StagePrefixes = list[list[str]]
 MLFLOW_URI_SCHEMES = ("runs:/", "models:/")  # weights_path values resolved through MLflow
@@ -116,8 +116,7 @@ def build_backbone(
     input_size: int | None = None,
 ) -> Backbone:
     """Builds a registered architecture with its source weights (Hydra `_target_`)."""
-    if arch not in ARCHITECTURES:
-        raise UserError(f"backbone.arch={arch!r} is unknown; use {one_of(ARCHITECTURES)}")
+    check_architecture(arch)
     spec = ARCHITECTURES[arch]
     network = spec.build()
     preprocessing = spec.preprocessing
@@ -132,6 +131,15 @@ def build_backbone(
     return Backbone(network, spec.classifier, spec.stages(network), preprocessing, arch)
 
 
+def check_architecture(arch: str, weights: str | None = None) -> None:
+    """What build_backbone refuses before building anything: config.validate asks too, so
+    a misspelt name fails before any run is recorded."""
+    if arch not in ARCHITECTURES:
+        raise UserError(f"backbone.arch={arch!r} is unknown; use {one_of(ARCHITECTURES)}")
+    if weights is not None:
+        _torchvision_weights(arch, ARCHITECTURES[arch], weights)
+
+
 def load_weights_file(network: nn.Module, path: str, classifier: str, arch: str) -> None:
     """Loads a local state dict into `network`, fitting the classifier to the file's classes.
 
@@ -141,13 +149,11 @@ def load_weights_file(network: nn.Module, path: str, classifier: str, arch: str)
     local = resolve_weights_path(path)
     if not os.path.isfile(local):
         raise UserError(f"backbone.weights_path={path} does not exist; pass a state dict file")
-    try:
-        state = torch.load(local, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise UserError(
-            f"backbone.weights_path={path} is not a plain state dict (it needs pickle, which "
-            "is refused for safety); save it with torch.save(model.state_dict(), path)"
-        ) from err
+    state = load_tensors(
+        local,
+        f"backbone.weights_path={path}",
+        "save a plain state dict: torch.save(model.state_dict(), path)",
+    )
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

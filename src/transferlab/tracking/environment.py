@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import subprocess
 import sys
@@ -14,17 +15,22 @@ import torch
 PACKAGES = ("torch", "torchvision", "pytorch-lightning", "hydra-core", "mlflow", "transferlab")
 
 
-@functools.cache
 def environment_tags(device: str) -> dict[str, str]:
-    """Computed once per process: a run's stages and a sweep's in-process jobs share them,
-    so `git` runs once, not twice per run."""
+    """Computed once per process and working directory (whose repository `git` reads): a
+    run's stages and a sweep's in-process jobs share them, so `git` runs once, not twice
+    per run."""
+    return _environment_tags(device, os.getcwd())
+
+
+@functools.cache
+def _environment_tags(device: str, folder: str) -> dict[str, str]:
     tags = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "device": device,
         "python": platform.python_version(),
         **{f"version.{name}": _version(name) for name in PACKAGES},
     }
-    tags.update(_git_tags())
+    tags.update(_git_tags(folder))
     return tags
 
 
@@ -41,12 +47,12 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def _git_tags() -> dict[str, str]:
+def _git_tags(folder: str) -> dict[str, str]:
     """The commit of the working directory's repository (the research code being run)."""
 
     def git(*args: str) -> str:
         return subprocess.run(
-            ["git", *args], capture_output=True, text=True, check=True, timeout=10
+            ["git", *args], cwd=folder, capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
 
     try:

@@ -1,76 +1,74 @@
 """The MLflow run life cycle: created before any work, always ended with a final status.
 
 A run is FINISHED on success, FAILED (with the error as a tag) on any exception, KILLED on
-Ctrl-C; never left RUNNING. Metrics are written by a background thread, in batches, so that
-training never waits on the store; every one is written before the run ends.
+Ctrl-C; never left RUNNING. A run whose process was killed outright (SIGKILL, power loss) is
+failed by the next start on its host, which finds its process gone. Metrics are written by a
+background thread, in batches, so that training never waits on the store; every one is
+written before the run ends.
+
+A tracking server that goes away mid-run (down, unreachable, or answering 5xx/429):
+- Metrics stay queued in memory, in order, and the writer tries again after a growing pause
+  (1 s to MAX_PAUSE); training never waits. Once the server answers they are written.
+- Everything else (params, tags, artifact uploads, the final status, and the metrics still
+  queued when the run ends) waits for it: at most SERVER_WAIT s per outage, counted from the
+  first call that found it down, so that a run ending in an outage waits once ("waiting up
+  to 60 s for the tracking server..."), not once per call or per artifact.
+- Past that wait, what the run still has to send (metrics, params, tags, artifact paths, the
+  final status) is kept, in order (every later record too), in `mlflow-unsent-<time>.jsonl`
+  in the run's local folder (the stage folder; by default ./mlflow-unsent/<run id>/), and the
+  run's end fails naming it and the command that imports it into the same run once the
+  server is back: `python -m transferlab.tracking.unsent <file-or-folder>`. Artifacts are
+  kept as paths: their files must stay until then. The run stays RUNNING on the server (or
+  the next start on this host fails it as left RUNNING) until the import sets its status.
 """
 
 from __future__ import annotations
 
-import functools
-import os
+import json
 import queue
-import random
+import shlex
+import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
 
-from transferlab.errors import RunStopped
+from transferlab.errors import RunStopped, UserError
+from transferlab.tracking.orphans import fail_orphaned_runs, process_tags
+from transferlab.tracking.store import (
+    MAX_PAUSE,
+    SERVER_WAIT,
+    RetryingClient,
+    connect,
+    server_outage,
+)
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MAX_PARAM_VALUE = 6000  # MLflow's limit
 BATCH = 100  # MLflow accepts at most 100 params per log_batch
-
-
-def tracking_uri(configured: str | None) -> str:
-    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
-class RetryingClient:
-    """An MlflowClient whose calls wait and retry while the store is locked: sqlite lets
-    one process write at a time, and parallel sweep workers share one file."""
-
-    ATTEMPTS = 10
-
-    def __init__(self, client: MlflowClient):
-        self._client = client
-
-    def __getattr__(self, name: str):
-        if name == "_client":  # not set yet while unpickling (joblib workers)
-            raise AttributeError(name)
-        attribute = getattr(self._client, name)
-        if not callable(attribute):
-            return attribute
-
-        @functools.wraps(attribute)
-        def call(*args, **kwargs):
-            for attempt in range(self.ATTEMPTS - 1):
-                try:
-                    return attribute(*args, **kwargs)
-                except Exception as err:
-                    if "database is locked" not in str(err):
-                        raise
-                    time.sleep(0.05 * 2**attempt * (1 + random.random()))
-            return attribute(*args, **kwargs)
-
-        return call
+UNSENT_DIR = "mlflow-unsent"  # under the working directory, where a run names no folder
+UNSENT_GLOB = "mlflow-unsent-*.jsonl"
+IMPORT_COMMAND = "python -m transferlab.tracking.unsent"
 
 
 class Tracker:
     """One experiment in one store; hands out runs. `experiment` is the config that every
     run of this invocation records, so that any of them can be rerun."""
 
-    def __init__(self, uri: str, experiment_name: str, experiment: Any = None):
+    def __init__(
+        self,
+        uri: str,
+        experiment_name: str,
+        experiment: Any = None,
+        server_wait: float = SERVER_WAIT,
+    ):
         self.uri = uri
         self.experiment = experiment
+        self.client = connect(uri, server_wait)
         mlflow.set_tracking_uri(uri)  # also for `runs:/` / `models:/` weights resolved later
-        self.client = RetryingClient(MlflowClient(tracking_uri=uri))
         experiment = self.client.get_experiment_by_name(experiment_name)
         if experiment is None:
             self.experiment_id = self.client.create_experiment(
@@ -78,9 +76,18 @@ class Tracker:
             )
         else:
             self.experiment_id = experiment.experiment_id
+        fail_orphaned_runs(self.client)
 
-    def start_run(self, name: str, tags: Mapping[str, str]) -> TrackedRun:
-        return TrackedRun(self.client, self.experiment_id, name, tags)
+    def start_run(
+        self,
+        name: str,
+        tags: Mapping[str, str],
+        run_id: str | None = None,
+        local_dir: Path | None = None,
+    ) -> TrackedRun:
+        """A new run, or with `run_id` that run again (a resumed one), RUNNING once more.
+        `local_dir` keeps what a tracking server that went away did not take."""
+        return TrackedRun(self.client, self.experiment_id, name, tags, run_id, local_dir)
 
     def find_finished_run(self, tag: str, value: str) -> str | None:
         runs = self.client.search_runs(
@@ -96,28 +103,48 @@ class Tracker:
 
 
 class TrackedRun:
-    """A context manager around one MLflow run; its exit sets the final status."""
+    """A context manager around one MLflow run; its exit sets the final status. What a
+    tracking server that went away did not take is kept in `local_dir` (module docstring)."""
 
     def __init__(
-        self, client: MlflowClient, experiment_id: str, name: str, tags: Mapping[str, str]
+        self,
+        client: RetryingClient,
+        experiment_id: str,
+        name: str,
+        tags: Mapping[str, str],
+        run_id: str | None = None,
+        local_dir: Path | None = None,
     ):
         self.client = client
-        run = client.create_run(experiment_id, run_name=name, tags=dict(tags))
-        self.run_id = run.info.run_id
+        self.unsent: list[dict[str, Any]] = []  # records the server did not take, in order
+        tags = {**tags, **process_tags()}  # a resumed run names its new process
+        if run_id is None:
+            self.run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        else:
+            self.run_id = run_id
+            self.set_tags(tags)  # this process's pid first: a start in between sees it alive
+            client.update_run(run_id, status="RUNNING")
         self.name = name
         self.in_sweep = "mlflow.parentRunId" in tags
+        self.local_dir = Path(local_dir) if local_dir else Path.cwd() / UNSENT_DIR / self.run_id
         self.metrics = MetricWriter(client, self.run_id)
 
     def __enter__(self) -> TrackedRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        lost = self.metrics.close()
-        if exc_type is None and lost:  # nothing is lost silently: the run fails, saying what
-            error = MetricsNotWritten(f"run {self.run_id}: " + "; ".join(lost))
-            self._end(MetricsNotWritten, error)
-            raise error
-        self._end(exc_type, exc)
+        refused = self.metrics.close()
+        self.unsent += [{"metric": _metric_record(metric)} for metric in self.metrics.unsent]
+        failure = None
+        if exc_type is None and refused:  # nothing is lost silently: the run fails, saying what
+            failure = MetricsNotWritten(f"run {self.run_id}: " + "; ".join(refused))
+            self._end(MetricsNotWritten, failure)
+        else:
+            self._end(exc_type, exc)
+        if self.unsent:
+            failure = self._keep_unsent(failure, exc)
+        if failure is not None:
+            raise failure
         return False
 
     def _end(self, exc_type, exc) -> None:
@@ -133,42 +160,132 @@ class TrackedRun:
             self.set_tags({"error": f"{exc_type.__name__}: {exc}"[:MAX_PARAM_VALUE]})
             if self.in_sweep:
                 exc.recorded_in_sweep = True  # the sweep need not record this job again
-        self.client.set_terminated(self.run_id, status)
+        self._send("end", status)
+
+    def _keep_unsent(
+        self, failure: Exception | None, exc: BaseException | None
+    ) -> Exception | None:
+        """Writes what the server did not take to a file, for `unsent` to import. Returns
+        the error that says so; where the run fails with an error of its own, prints it."""
+        uri = self.client.tracking_uri
+        path = write_unsent(self.local_dir, {"run": self.run_id, "tracking_uri": uri}, self.unsent)
+        message = (
+            f"run {self.run_id} ({self.name}): the tracking server {uri} did not answer "
+            f"within {self.client.server_wait:g} s; what it did not take of the run "
+            f"({_kinds(self.unsent)}) is kept in {path}. Once it answers, import that into "
+            f"the run with: {IMPORT_COMMAND} {shlex.quote(str(path))}"
+        )
+        if any("artifact" in record for record in self.unsent):
+            message += " (it uploads the artifacts from where they are: keep them until then)"
+        if failure is not None:
+            message += f". Also, {failure}"
+        if exc is None:
+            return RunKeptLocally(message)
+        print(message, file=sys.stderr)
+        return None
+
+    def _send(self, kind: str, body: Any) -> None:
+        """Sends a record now; or, once the tracking server has not answered within its
+        wait, keeps it for the unsent file, and every later record too, in their order."""
+        if not self.unsent:
+            try:
+                send_record(self.client, self.run_id, kind, body)
+                return
+            except Exception as error:
+                if server_outage(error) is None:
+                    raise
+        self.unsent.append({kind: body})
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        items = [Param(k, str(v)[:MAX_PARAM_VALUE]) for k, v in params.items()]
-        for start in range(0, len(items), BATCH):
-            self.client.log_batch(self.run_id, params=items[start : start + BATCH])
+        self._send("params", _strings(params))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        items = [RunTag(k, str(v)[:MAX_PARAM_VALUE]) for k, v in tags.items()]
-        self.client.log_batch(self.run_id, tags=items)
+        self._send("tags", _strings(tags))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
         self.metrics.put([Metric(k, float(v), now, step) for k, v in metrics.items()])
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), folder)
+        self._send("artifact", {"path": str(Path(path).resolve()), "folder": folder})
+
+
+def send_record(client: RetryingClient, run_id: str, kind: str, body: Any) -> None:
+    """Sends one record of a run, as TrackedRun makes them and an unsent file keeps them
+    (metrics aside: those go through a MetricWriter)."""
+    if kind == "params":
+        items = [Param(key, value) for key, value in body.items()]
+        for start in range(0, len(items), BATCH):
+            client.log_batch(run_id, params=items[start : start + BATCH])
+    elif kind == "tags":
+        client.log_batch(run_id, tags=[RunTag(key, value) for key, value in body.items()])
+    elif kind == "artifact":
+        client.log_artifact(run_id, body["path"], body["folder"])
+    elif kind == "end":
+        client.set_terminated(run_id, body)
+    else:
+        raise ValueError(f"unknown record {kind!r}")
+
+
+def write_unsent(folder: Path, header: dict[str, str], records: list[dict[str, Any]]) -> Path:
+    """One JSON object a line: the header (run id, tracking URI), then each record,
+    `{kind: body}`, in the order the run made them; read by transferlab.tracking.unsent."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / UNSENT_GLOB.replace("*", time.strftime("%Y%m%d-%H%M%S"))
+    path.write_text("".join(json.dumps(line) + "\n" for line in [header, *records]))
+    return path
+
+
+def _kinds(records: Iterable[dict[str, Any]]) -> str:
+    """'metrics, artifacts and final status: 42 records'"""
+    names = {"params": "params", "tags": "tags", "metric": "metrics", "artifact": "artifacts"}
+    names["end"] = "final status"
+    kinds = [next(iter(record)) for record in records]
+    found = [name for kind, name in names.items() if kind in kinds]
+    listed = ", ".join(found[:-1]) + " and " + found[-1] if len(found) > 1 else found[0]
+    return f"{listed}: {len(kinds)} records"
+
+
+def _strings(values: Mapping[str, Any]) -> dict[str, str]:
+    return {key: str(value)[:MAX_PARAM_VALUE] for key, value in values.items()}
+
+
+def _metric_record(metric: Metric) -> dict[str, Any]:
+    return {
+        "key": metric.key,
+        "value": metric.value,
+        "timestamp": metric.timestamp,
+        "step": metric.step,
+    }
 
 
 class MetricsNotWritten(RuntimeError):
     """The store refused some of a run's metrics (named in the message)."""
 
 
+class RunKeptLocally(UserError):
+    """The tracking server did not come back before the run ended: what it did not take is
+    in a local file, to import (named in the message, with the command)."""
+
+
 class MetricWriter:
     """Writes one run's metrics from a background thread, at most once per `interval`
     seconds (and when the run ends). A write to a sqlite store costs ~8 ms of Python here
     and Lightning logs three times an epoch: done in line, or on every log call, that was
-    ~8 % of a small model's training (bench/tracking_overhead.py)."""
+    ~8 % of a small model's training (bench/tracking_overhead.py). While the tracking
+    server is down, metrics stay queued, in order, and are tried again after a growing
+    pause; at the end, within the client's wait for the server; those it never took are
+    left in `unsent`."""
 
     MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
     _CLOSE = object()
 
-    def __init__(self, client: MlflowClient, run_id: str, interval: float = 1.0):
+    def __init__(self, client: RetryingClient, run_id: str, interval: float = 1.0):
         self.client, self.run_id, self.interval = client, run_id, interval
+        self.impatient = client.without_waiting()  # mid-run the writer tries again itself
         self.queue: queue.Queue = queue.Queue()
-        self.errors: list[str] = []
+        self.refused: list[str] = []
+        self.unsent: list[Metric] = []
         self.thread = threading.Thread(target=self._run, name=f"metrics-{run_id}", daemon=True)
         self.thread.start()
 
@@ -176,43 +293,55 @@ class MetricWriter:
         self.queue.put(metrics)
 
     def close(self) -> list[str]:
-        """Waits until every queued metric is written; returns what the store refused."""
+        """Waits until every queued metric is written, or the server had its wait to come
+        back (those left are then in `unsent`); returns what the store refused."""
         if self.thread.is_alive():
             self.queue.put(self._CLOSE)
             self.thread.join()
-        return self.errors
+        return self.refused
 
     def _run(self) -> None:
         pending: list[Metric] = []
-        due = None  # when the oldest pending metric must be written
+        due = None  # when the pending metrics are written next
+        pause = self.interval  # grows while the server is down
         while True:
-            wait = None if due is None else max(0.0, due - time.monotonic())
+            timeout = None if due is None else max(0.0, due - time.monotonic())
             try:
-                item = self.queue.get(timeout=wait)
+                item = self.queue.get(timeout=timeout)
             except queue.Empty:
-                item = None  # the interval is over
+                item = []  # the interval or the pause is over
             if item is self._CLOSE:
-                self._write(pending)
+                self.unsent = self._write(pending, self.client)
                 return
-            if item:
-                pending += item
-                due = due or time.monotonic() + self.interval
-            if item is None or len(pending) >= self.MAX_BATCH:
-                self._write(pending)
-                pending, due = [], None
+            pending += item
+            due = due or time.monotonic() + self.interval
+            full = len(pending) >= self.MAX_BATCH and pause == self.interval  # and server up
+            if full or time.monotonic() >= due:
+                pending = self._write(pending, self.impatient)
+                pause = min(2 * pause, MAX_PAUSE) if pending else self.interval
+                due = time.monotonic() + pause if pending else None
 
-    def _write(self, metrics: list[Metric]) -> None:
+    def _write(self, metrics: list[Metric], client: RetryingClient) -> list[Metric]:
+        """Writes in batches; returns the metrics left unwritten as the server is down."""
         for start in range(0, len(metrics), self.MAX_BATCH):
             batch = metrics[start : start + self.MAX_BATCH]
             try:
-                self.client.log_batch(self.run_id, metrics=batch)
-            except Exception:  # one bad metric fails the batch: the others still go in
-                for metric in batch:
-                    self._write_one(metric)
+                client.log_batch(self.run_id, metrics=batch)
+            except Exception as error:
+                if server_outage(error) is not None:
+                    return metrics[start:]
+                left = self._write_each(batch, client)  # one bad metric fails the batch
+                if left:
+                    return left + metrics[start + self.MAX_BATCH :]
+        return []
 
-    def _write_one(self, metric: Metric) -> None:
-        try:
-            self.client.log_batch(self.run_id, metrics=[metric])
-        except Exception as error:  # kept for close(): nothing is dropped silently
-            reason = str(error).partition("\n")[0]
-            self.errors.append(f"{metric.key} (step {metric.step}): {reason}")
+    def _write_each(self, batch: list[Metric], client: RetryingClient) -> list[Metric]:
+        for index, metric in enumerate(batch):
+            try:
+                client.log_batch(self.run_id, metrics=[metric])
+            except Exception as error:  # kept for close(): nothing is dropped silently
+                if server_outage(error) is not None:
+                    return batch[index:]
+                reason = str(error).partition("\n")[0]
+                self.refused.append(f"{metric.key} (step {metric.step}): {reason}")
+        return []

@@ -4,14 +4,15 @@ the tags that link it to its sweep."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.objective import GROUPS
 from transferlab.tracking.environment import device_name, environment_tags
 from transferlab.tracking.mlflow_run import TrackedRun, Tracker
+from transferlab.tracking.redaction import flatten, redacted, redacted_command, redacted_override
 from transferlab.tracking.sweep import PARENT_RUN_ENV
 
 EXPERIMENT_CONFIG = "experiment.yaml"
@@ -26,7 +27,11 @@ def sweep_tags() -> dict[str, str]:
 
 
 def run_tags(cfg: DictConfig, role: str) -> dict[str, str]:
-    return {"transferlab.role": role, **environment_tags(device_name(cfg.trainer.accelerator))}
+    return {
+        "transferlab.role": role,
+        **environment_tags(device_name(cfg.trainer.accelerator)),
+        "command": redacted_command(sys.argv),  # in place of environment_tags' own, unredacted
+    }
 
 
 def group_choices() -> dict[str, str]:
@@ -57,12 +62,14 @@ def log_config(
     stage_dir: Path,
 ) -> None:
     """Group choices and every leaf value as params; as files, this stage's full config,
-    the command-line overrides and the whole experiment's config (what a rerun runs)."""
-    params = {**choices, "role": role, **_flatten(OmegaConf.to_container(cfg, resolve=True))}
+    the command-line overrides and the whole experiment's config (what a rerun runs). All
+    as recorded (see tracking.redaction): no secret, values of the environment as `${oc.env:..}`."""
+    recorded = redacted(cfg, tracker.experiment)
+    params = {**choices, "role": role, **flatten(OmegaConf.to_container(recorded))}
     params.pop("output_dir")  # differs every run; the run's own folder, not a setting
     run.log_params(params)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    (stage_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (stage_dir / "config.yaml").write_text(OmegaConf.to_yaml(recorded))
     (stage_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(_overrides()))
     (stage_dir / EXPERIMENT_CONFIG).write_text(OmegaConf.to_yaml(tracker.experiment))
     for name in ("config.yaml", "overrides.yaml", EXPERIMENT_CONFIG):
@@ -70,15 +77,10 @@ def log_config(
 
 
 def _overrides() -> list[str]:
+    """The command-line overrides, as they may be recorded."""
     from hydra.core.hydra_config import HydraConfig
 
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        flat = {}
-        for key, value in tree.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: tree}
+    if not HydraConfig.initialized():
+        return []
+    given = OmegaConf.to_container(HydraConfig.get().overrides.task)  # as typed, unresolved
+    return [redacted_override(o) for o in given]

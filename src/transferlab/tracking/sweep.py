@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from transferlab.objective import lower_is_better, objective_value, overrides_as_params
 from transferlab.report import write_report
+from transferlab.tracking.redaction import recorded_value, redacted_command, redacted_sweep_config
 
 PARENT_RUN_ENV = "TRANSFERLAB_PARENT_RUN_ID"
 
@@ -30,7 +31,9 @@ class SweepTracking(Callback):
         self.parent_run_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from transferlab.tracking.mlflow_run import Tracker, tracking_uri
+        from transferlab.tracking.mlflow_run import Tracker
+        from transferlab.tracking.orphans import process_tags
+        from transferlab.tracking.store import tracking_uri
 
         self.tracker = Tracker(tracking_uri(config.tracking.uri), config.experiment_name)
         run = self.tracker.client.create_run(
@@ -39,7 +42,8 @@ class SweepTracking(Callback):
             tags={
                 "transferlab.role": "sweep",
                 "transferlab.sweeper": config.hydra.sweeper.get("_target_", ""),
-                "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                "command": redacted_command(sys.argv),
+                **process_tags(),  # a sweeper killed outright leaves it to the next start
             },
         )
         self.parent_run_id = run.info.run_id
@@ -70,19 +74,24 @@ class SweepTracking(Callback):
             sys.exit(1)  # the multirun's exit code says that jobs failed
 
     def _log_definition(self, config: DictConfig) -> None:
-        """The sweep definition (multirun.yaml) and the swept parameters as params."""
+        """The sweep definition (multirun.yaml) and the swept parameters as params, as they
+        may be recorded (see tracking.redaction)."""
         folder = Path(config.hydra.sweep.dir)
         folder.mkdir(parents=True, exist_ok=True)
         definition = folder / "multirun.yaml"
-        OmegaConf.save(config, definition, resolve=False)
+        OmegaConf.save(redacted_sweep_config(config), definition)
         self.tracker.client.log_artifact(self.parent_run_id, str(definition))
         space = config.hydra.sweeper.get("params")
         swept = OmegaConf.to_container(space, resolve=False) if space else {}
-        for key, values in overrides_as_params(list(config.hydra.overrides.task)).items():
+        overrides = OmegaConf.to_container(config.hydra.overrides.task)  # as typed, unresolved
+        for key, values in overrides_as_params(overrides).items():
             swept.setdefault(key, values)
         from mlflow.entities import Param
 
-        params = [Param(f"sweep.{key}", str(values)[:6000]) for key, values in swept.items()]
+        params = [
+            Param(f"sweep.{key}", str(recorded_value(key, values))[:6000])
+            for key, values in swept.items()
+        ]
         self.tracker.client.log_batch(self.parent_run_id, params=params[:100])
 
     def _fail_if_unfinished(self) -> None:
@@ -96,15 +105,13 @@ def record_failed_job(cfg: DictConfig, error: Exception) -> None:
     parent = os.environ.get(PARENT_RUN_ENV)
     if not parent or getattr(error, "recorded_in_sweep", False):
         return
-    from hydra.core.hydra_config import HydraConfig
-
-    from transferlab.tracking.mlflow_run import Tracker, tracking_uri
+    from transferlab.tracking.mlflow_run import Tracker
+    from transferlab.tracking.run_info import sweep_tags
+    from transferlab.tracking.store import tracking_uri
 
     tracker = Tracker(tracking_uri(cfg.tracking.uri), cfg.experiment_name)
-    overrides = " ".join(HydraConfig.get().overrides.task)
     tags = {
-        "mlflow.parentRunId": parent,
-        "transferlab.overrides": overrides,
+        **sweep_tags(),  # its parent and overrides
         "error": f"{type(error).__name__}: {error}"[:6000],
         "transferlab.role": "failed-job",
     }

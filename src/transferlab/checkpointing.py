@@ -1,0 +1,178 @@
+"""Resumable training: a "last" checkpoint written periodically and when the process is
+asked to stop (SIGTERM from a scheduler or `kill`, SIGINT from Ctrl-C), holding what a
+resumed run needs to go on exactly as if it had never stopped.
+
+Lightning's checkpoint has the weights, optimizer, schedulers, callbacks and loop counters;
+the data module adds where in the epoch's (seeded) batch order training was; `ResumeState`
+adds the RNG states and the running sums of the epoch's train metrics.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import Callback
+
+from transferlab.resume import RUN_ID_KEY, RunInterrupted
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def last_checkpoint_path(stage_dir: Path) -> Path:
+    return stage_dir / "checkpoints" / "last.ckpt"
+
+
+def resumable_callbacks(checkpoint: DictConfig, stage_dir: Path) -> list[Callback]:
+    return [
+        LastCheckpoint(
+            last_checkpoint_path(stage_dir),
+            checkpoint.every_n_epochs,
+            checkpoint.get("every_n_train_steps"),
+        ),
+        ResumeState(),
+    ]
+
+
+def training_position(trainer: pl.Trainer) -> tuple[int, int, bool]:
+    """(epoch, batches of it trained, whether its end-of-epoch hooks have run)."""
+    loop = trainer.fit_loop
+    epoch_ended = loop.epoch_progress.current.processed > trainer.current_epoch
+    return trainer.current_epoch, loop.epoch_loop.batch_progress.current.processed, epoch_ended
+
+
+class LastCheckpoint(Callback):
+    """Writes last.ckpt at the start of every `every_n_epochs`-th epoch, or every
+    `every_n_train_steps` optimizer steps when that is set, so a SIGKILL loses at most that
+    much; and on SIGTERM / SIGINT during `fit`, stops at the next step: the step in progress
+    finishes, the checkpoint is written and `RunInterrupted` raised (the run ends KILLED).
+    Always written before a step, between batches, where everything (the data position
+    too) is consistent. A second SIGINT interrupts at once, for a user who insists.
+
+    The handlers are installed when training starts, after Lightning's own SIGTERM
+    handler, whose stop point (after a step's validation) a resumed run could not match;
+    restored at teardown."""
+
+    def __init__(self, path: Path, every_n_epochs: int, every_n_train_steps: int | None):
+        self.path = path
+        self.every_n_epochs, self.every_n_train_steps = every_n_epochs, every_n_train_steps
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+        self._saving = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.received = None
+        self._previous = {s: signal.signal(s, self._note) for s in STOP_SIGNALS}
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.received = signal.Signals(signum).name
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.received is not None:
+            self._save(trainer)
+            run_id = trainer.logger.version if trainer.logger else None
+            raise RunInterrupted(self.received, trainer.global_step, self.path, run_id)
+        if self._due(trainer, batch_idx):
+            self._save(trainer)
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        self._saving = True
+        try:
+            trainer.save_checkpoint(self.path)
+        finally:
+            self._saving = False
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
+    ) -> None:
+        """Lightning expects checkpoints from the end of a step, before it counts the step
+        for its loggers, and adds one on restoring: ours come after, so one is taken off."""
+        if self._saving:
+            checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
+
+    def _due(self, trainer: pl.Trainer, batch_idx: int) -> bool:
+        if self.every_n_train_steps:
+            step = trainer.global_step
+            return step > 0 and step % self.every_n_train_steps == 0
+        epoch = trainer.current_epoch
+        return batch_idx == 0 and epoch > 0 and epoch % self.every_n_epochs == 0
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
+class ResumeState(Callback):
+    """The RNG states (dropout and MixUp draw from them) and, for a checkpoint taken inside
+    an epoch, that epoch's running metric sums. Put back just before the first step after a
+    resume: Lightning's sanity check and loader set-up come in between."""
+
+    KEY = "transferlab_resume"
+
+    def __init__(self):
+        self.pending: dict[str, Any] | None = None
+        self.epoch_started = False
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
+    ) -> None:
+        _, done, epoch_ended = training_position(trainer)
+        sums = pl_module.epoch_sums.get("train") if done and not epoch_ended else None
+        checkpoint[self.KEY] = {
+            RUN_ID_KEY: trainer.logger.version if trainer.logger else None,
+            "rng": rng_states(),
+            "train_sums": {k: v.cpu() for k, v in sums.sums.items()} if sums else None,
+        }
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
+    ) -> None:
+        self.pending = checkpoint.get(self.KEY)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.pending is None:
+            return
+        if not self.epoch_started:  # resumed inside an epoch: Lightning skipped the hook
+            pl_module.on_train_epoch_start()
+        set_rng_states(self.pending["rng"])
+        sums = pl_module.epoch_sums["train"].sums
+        sums.update(
+            {k: v.to(pl_module.device) for k, v in (self.pending["train_sums"] or {}).items()}
+        )
+        self.pending = None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.epoch_started = True
+
+
+def rng_states() -> dict[str, Any]:
+    """Every RNG a run draws from, in types that load under `weights_only=True`."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"]:
+        torch.cuda.set_rng_state_all(states["cuda"])
+    kind, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    version, state, gauss_next = states["python"]
+    random.setstate((version, tuple(state), gauss_next))

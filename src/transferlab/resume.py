@@ -1,0 +1,127 @@
+"""`resume=<run id | checkpoint path>`: an interrupted run goes on as the same MLflow run
+(no second run, no params logged twice, metric steps continuing) from its last checkpoint,
+with the config it recorded. Overrides that would change its result are refused.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from transferlab.errors import RunStopped, UserError
+from transferlab.objective import BOOKKEEPING_KEYS, GROUPS, overrides_as_params
+
+# What may change on resume: where results go and how often checkpoints are written.
+RESUME_MAY_SET = (*BOOKKEEPING_KEYS, "resume", "checkpoint", "callbacks.progress_bar", "hydra")
+RUN_ID_KEY = "run_id"  # saved in every checkpoint (see ResumeState)
+CHECKPOINT_TAG = "transferlab.last_checkpoint"  # a run's last.ckpt, set when it trains
+
+
+class RunInterrupted(RunStopped):
+    """SIGTERM or SIGINT during training: the run ends KILLED, resumable from `checkpoint`."""
+
+    status = "KILLED"
+
+    def __init__(self, signal_name: str, step: int, checkpoint: Path, run_id: str | None):
+        super().__init__(
+            f"{signal_name} at step {step}: checkpoint written to {checkpoint}; continue "
+            f"with: transferlab-train resume={run_id or checkpoint}"
+        )
+        self.signal_name = signal_name
+        self.checkpoint = checkpoint
+        self.tags = {"transferlab.interrupted_by": signal_name}
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a process ended by a signal: 128 + its number."""
+        return 128 + signal.Signals[self.signal_name].value
+
+
+@dataclass(frozen=True)
+class Resumption:
+    run_id: str
+    checkpoint: Path
+    config: DictConfig  # the stage config the run recorded
+    role: str
+    choices: dict[str, str]
+
+
+def refuse_changing_overrides(overrides: list[str], target: str) -> None:
+    """Overrides beyond bookkeeping would make the resumed run differ from the one that
+    started: named, with what may be set instead."""
+    changing = [
+        key
+        for key in overrides_as_params(overrides)
+        if not any(key == k or key.startswith(f"{k}.") for k in RESUME_MAY_SET)
+    ]
+    deleted = [o[1:] for o in overrides if o.startswith("~") and o[1:] not in RESUME_MAY_SET]
+    if changing or deleted:
+        raise UserError(
+            f"resume={target} continues a recorded run with its recorded config; "
+            f"{', '.join(changing + deleted)} would change its result. With resume only "
+            f"these may be set: {', '.join(RESUME_MAY_SET)}"
+        )
+
+
+def find_resumption(target: str, tracking_uri: str) -> Resumption:
+    """The run and checkpoint `target` names, checked before anything is built."""
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from transferlab.tracking.redaction import refuse_redacted_secrets
+
+    path = Path(target)
+    is_file = path.suffix == ".ckpt" or path.exists()
+    run_id = _run_of_checkpoint(path) if is_file else target
+    client = MlflowClient(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+        config_file = download_artifacts(
+            run_id=run_id, artifact_path="config.yaml", tracking_uri=tracking_uri
+        )
+    except MlflowException as err:
+        raise UserError(
+            f"resume={target} is neither a checkpoint file nor a run in this store "
+            f"({tracking_uri}): {str(err).partition(chr(10))[0]}"
+        ) from err
+    if run.info.status == "FINISHED":
+        raise UserError(
+            f"resume={target}: run {run_id} has finished; nothing to resume "
+            "(transferlab-rerun runs it again)"
+        )
+    config = OmegaConf.load(config_file)
+    if config.get("cv", {}).get("folds"):
+        raise UserError(f"resume={target}: runs of cross-validation folds cannot be resumed")
+    refuse_redacted_secrets(f"resume {run_id}", config)
+    checkpoint = path if is_file else _last_checkpoint(target, run.data.tags)
+    choices = {g: v for g, v in run.data.params.items() if g in GROUPS}
+    return Resumption(run_id, checkpoint, config, run.data.tags["transferlab.role"], choices)
+
+
+def _last_checkpoint(target: str, tags: dict[str, str]) -> Path:
+    recorded = tags.get(CHECKPOINT_TAG)
+    if not recorded or not Path(recorded).exists():
+        raise UserError(
+            f"resume={target}: the run's last checkpoint ({recorded or 'none recorded'}) "
+            "is not on this machine; pass resume=<path to last.ckpt>"
+        )
+    return Path(recorded)
+
+
+def _run_of_checkpoint(path: Path) -> str:
+    """Read with weights_only=True, as every checkpoint is: a file that needs pickle to load
+    is refused unread."""
+    from transferlab.checkpointing import ResumeState
+    from transferlab.safe_load import load_tensors
+
+    if not path.is_file():
+        raise UserError(f"resume={path}: no such checkpoint file")
+    checkpoint = load_tensors(path, f"resume={path}")
+    state = checkpoint.get(ResumeState.KEY) or {}
+    if RUN_ID_KEY not in state:
+        raise UserError(f"resume={path} is not a transferlab checkpoint (no run id in it)")
+    return state[RUN_ID_KEY]

@@ -1,0 +1,150 @@
+"""Interruption and resume: a run stopped by a real signal writes a resumable checkpoint,
+ends KILLED, and `resume=<run id>` finishes it as the same MLflow run with exactly the
+metrics of the same run never interrupted."""
+
+from __future__ import annotations
+
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from transferlab.errors import UserError
+from transferlab.resume import RunInterrupted
+from transferlab.train import run as run_task
+
+BASE = ["~callbacks.progress_bar", "~callbacks.early_stopping"]
+
+
+def _history(client: MlflowClient, run) -> dict[str, list[tuple[int, float]]]:
+    """Every metric's full history (step, value): a resumed run must match it all."""
+    return {
+        key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+        for key in run.data.metrics
+    }
+
+
+def _compared(client: MlflowClient, run) -> dict:
+    history = _history(client, run)
+    skip = ("time/", "inference/")  # wall-clock figures differ run to run
+    return {k: v for k, v in history.items() if not k.startswith(skip)}
+
+
+def _interrupt_then_resume(make_config, client, runs, overrides, step, tmp_path):
+    once = tmp_path / "signal-sent"
+    killer = (
+        f"+callbacks.signal={{_target_: tests.helpers.SignalAtStep, step: {step}, once: '{once}'}}"
+    )
+    with pytest.raises(RunInterrupted) as stopped:
+        run_task(make_config(*BASE, *overrides, killer))
+    interrupted = runs()[-1]
+    assert interrupted.info.status == "KILLED"
+    assert interrupted.data.tags["transferlab.interrupted_by"] == "SIGTERM"
+    assert f"resume={interrupted.info.run_id}" in str(stopped.value)
+    run_task(make_config(f"resume={interrupted.info.run_id}"))
+    return client.get_run(interrupted.info.run_id)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["trainer.max_epochs=4"],
+        # the milestone (epoch 2) comes after the interruption (step 20 of ~17 a epoch)
+        ["trainer.max_epochs=4", "freeze=gradual", "freeze.milestones=[2,3]"],
+        ["trainer.max_epochs=4", "scheduler=plateau", "scheduler.patience=0"],
+    ],
+    ids=["plain", "gradual-unfreezing", "plateau-scheduler"],
+)
+def test_a_resumed_run_ends_exactly_as_one_never_interrupted(
+    make_config, client, runs, overrides, tmp_path
+):
+    run_task(make_config(*BASE, *overrides))
+    reference = runs()[-1]
+    resumed = _interrupt_then_resume(make_config, client, runs, overrides, 20, tmp_path)
+    assert len(runs()) == 2  # the same run went on: no second one
+    assert resumed.info.status == "FINISHED"
+    assert _compared(client, resumed) == _compared(client, reference)
+    params = {k: v for k, v in resumed.data.params.items() if not k.startswith("callbacks.signal")}
+    assert params == reference.data.params  # logged once, by the run that started
+
+
+def test_resume_refuses_overrides_that_would_change_the_result(make_config):
+    with pytest.raises(UserError, match=r"optimizer\.lr.*would change its result"):
+        run_task(make_config("resume=0123abcd", "optimizer.lr=0.5"))
+
+
+def test_resume_refuses_a_finished_run_and_an_unknown_one(make_config, runs):
+    run_task(make_config(*BASE, "trainer.max_epochs=1"))
+    finished = runs()[-1].info.run_id
+    with pytest.raises(UserError, match="has finished; nothing to resume"):
+        run_task(make_config(f"resume={finished}"))
+    with pytest.raises(UserError, match="neither a checkpoint file nor a run"):
+        run_task(make_config("resume=not-a-run"))
+
+
+class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_that_needs_pickle_is_refused_and_its_payload_never_runs(
+    make_config, tmp_path
+):
+    marker = tmp_path / "payload-ran"
+    checkpoint = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {}, "evil": _Payload(marker)}, checkpoint)
+    with pytest.raises(UserError, match="needs pickle to load"):
+        run_task(make_config(f"resume={checkpoint}"))
+    assert not marker.exists()
+    pickle.loads(pickle.dumps(_Payload(marker)))  # the payload is real: loading runs it
+    assert marker.exists()
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_real_process_then_resume(make_config, client, runs, tracking_uri, tmp_path):
+    """A real process, a real SIGTERM mid-way: exit 143, run KILLED; resumed in-process, it
+    ends as the uninterrupted run did."""
+    overrides = [*BASE, "trainer.max_epochs=12"]
+    run_task(make_config(*overrides))
+    reference = runs()[-1]
+    experiment = reference.info.experiment_id
+    name = client.get_experiment(experiment).name
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "transferlab.train",
+            *overrides,
+            f"tracking.uri={tracking_uri}",
+            f"experiment_name={name}",
+            f"hydra.run.dir={out}",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first_checkpoint = out / "finetune" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not first_checkpoint.exists() and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint written"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    interrupted = runs()[-1]
+    assert interrupted.info.status == "KILLED"
+    assert f"resume={interrupted.info.run_id}" in stderr
+    assert "Traceback" not in stderr
+    run_task(make_config(f"resume={interrupted.info.run_id}"))
+    resumed = client.get_run(interrupted.info.run_id)
+    assert resumed.info.status == "FINISHED"
+    assert _compared(client, resumed) == _compared(client, reference)
