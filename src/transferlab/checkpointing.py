@@ -3,8 +3,8 @@ asked to stop (SIGTERM from a scheduler or `kill`, SIGINT from Ctrl-C), holding 
 resumed run needs to go on exactly as if it had never stopped.
 
 Lightning's checkpoint has the weights, optimizer, schedulers, callbacks and loop counters;
-the data module adds where in the epoch's (seeded) batch order training was; `ResumeState`
-adds the RNG states and the running sums of the epoch's train metrics.
+the data module adds where in the epoch's (seeded) batch order training was;
+`ResumableTraining` adds the RNG states and the running sums of the epoch's train metrics.
 """
 
 from __future__ import annotations
@@ -29,15 +29,12 @@ def last_checkpoint_path(stage_dir: Path) -> Path:
     return stage_dir / "checkpoints" / "last.ckpt"
 
 
-def resumable_callbacks(checkpoint: DictConfig, stage_dir: Path) -> list[Callback]:
-    return [
-        LastCheckpoint(
-            last_checkpoint_path(stage_dir),
-            checkpoint.every_n_epochs,
-            checkpoint.get("every_n_train_steps"),
-        ),
-        ResumeState(),
-    ]
+def resumable_training(checkpoint: DictConfig, stage_dir: Path) -> ResumableTraining:
+    return ResumableTraining(
+        last_checkpoint_path(stage_dir),
+        checkpoint.every_n_epochs,
+        checkpoint.get("every_n_train_steps"),
+    )
 
 
 def training_position(trainer: pl.Trainer) -> tuple[int, int, bool]:
@@ -47,22 +44,32 @@ def training_position(trainer: pl.Trainer) -> tuple[int, int, bool]:
     return trainer.current_epoch, loop.epoch_loop.batch_progress.current.processed, epoch_ended
 
 
-class LastCheckpoint(Callback):
-    """Writes last.ckpt at the start of every `every_n_epochs`-th epoch, or every
-    `every_n_train_steps` optimizer steps when that is set, so a SIGKILL loses at most that
-    much; and on SIGTERM / SIGINT during `fit`, stops at the next step: the step in progress
-    finishes, the checkpoint is written and `RunInterrupted` raised (the run ends KILLED).
-    Always written before a step, between batches, where everything (the data position
-    too) is consistent. A second SIGINT interrupts at once, for a user who insists.
+class ResumableTraining(Callback):
+    """Writes last.ckpt and makes every checkpoint resumable exactly. One callback, not
+    two: Lightning calls each callback at every hook of every step.
 
-    The handlers are installed when training starts, after Lightning's own SIGTERM
-    handler, whose stop point (after a step's validation) a resumed run could not match;
-    restored at teardown."""
+    - last.ckpt at the start of every `every_n_epochs`-th epoch, or every
+      `every_n_train_steps` optimizer steps when that is set, so a SIGKILL loses at most
+      that much. Always before a step, between batches, where everything (the data
+      position too) is consistent.
+    - SIGTERM / SIGINT during `fit`: the step in progress finishes, last.ckpt is written and
+      `RunInterrupted` raised (the run ends KILLED). A second SIGINT interrupts at once, for
+      a user who insists. The handlers are installed when training starts, after
+      Lightning's own SIGTERM handler, whose stop point (after a step's validation) a
+      resumed run could not match; restored at teardown.
+    - Every checkpoint gets the run id, the RNG states (dropout and MixUp draw from them)
+      and, taken inside an epoch, that epoch's running metric sums; put back just before the
+      first step after a resume (Lightning's sanity check and loader set-up come between).
+    """
+
+    KEY = "transferlab_resume"
 
     def __init__(self, path: Path, every_n_epochs: int, every_n_train_steps: int | None):
         self.path = path
         self.every_n_epochs, self.every_n_train_steps = every_n_epochs, every_n_train_steps
         self.received: str | None = None
+        self.pending: dict[str, Any] | None = None  # state loaded from a checkpoint
+        self.epoch_started = False
         self._previous: dict[int, Any] = {}
         self._saving = False
 
@@ -74,15 +81,27 @@ class LastCheckpoint(Callback):
         self.received = signal.Signals(signum).name
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.epoch_started = True
+
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        if self.pending is not None:
+            self._restore(pl_module)
         if self.received is not None:
             self._save(trainer)
             run_id = trainer.logger.version if trainer.logger else None
             raise RunInterrupted(self.received, trainer.global_step, self.path, run_id)
         if self._due(trainer, batch_idx):
             self._save(trainer)
+
+    def _due(self, trainer: pl.Trainer, batch_idx: int) -> bool:
+        if self.every_n_train_steps:
+            step = trainer.global_step
+            return step > 0 and step % self.every_n_train_steps == 0
+        epoch = trainer.current_epoch
+        return batch_idx == 0 and epoch > 0 and epoch % self.every_n_epochs == 0
 
     def _save(self, trainer: pl.Trainer) -> None:
         self._saving = True
@@ -94,38 +113,6 @@ class LastCheckpoint(Callback):
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
     ) -> None:
-        """Lightning expects checkpoints from the end of a step, before it counts the step
-        for its loggers, and adds one on restoring: ours come after, so one is taken off."""
-        if self._saving:
-            checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
-
-    def _due(self, trainer: pl.Trainer, batch_idx: int) -> bool:
-        if self.every_n_train_steps:
-            step = trainer.global_step
-            return step > 0 and step % self.every_n_train_steps == 0
-        epoch = trainer.current_epoch
-        return batch_idx == 0 and epoch > 0 and epoch % self.every_n_epochs == 0
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous = {}
-
-
-class ResumeState(Callback):
-    """The RNG states (dropout and MixUp draw from them) and, for a checkpoint taken inside
-    an epoch, that epoch's running metric sums. Put back just before the first step after a
-    resume: Lightning's sanity check and loader set-up come in between."""
-
-    KEY = "transferlab_resume"
-
-    def __init__(self):
-        self.pending: dict[str, Any] | None = None
-        self.epoch_started = False
-
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
-    ) -> None:
         _, done, epoch_ended = training_position(trainer)
         sums = pl_module.epoch_sums.get("train") if done and not epoch_ended else None
         checkpoint[self.KEY] = {
@@ -133,28 +120,30 @@ class ResumeState(Callback):
             "rng": rng_states(),
             "train_sums": {k: v.cpu() for k, v in sums.sums.items()} if sums else None,
         }
+        if self._saving:
+            # Lightning expects checkpoints from the end of a step, before it counts the
+            # step for its loggers, and adds one on restoring: ours come after.
+            checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
     ) -> None:
         self.pending = checkpoint.get(self.KEY)
 
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if self.pending is None:
-            return
+    def _restore(self, pl_module: pl.LightningModule) -> None:
         if not self.epoch_started:  # resumed inside an epoch: Lightning skipped the hook
             pl_module.on_train_epoch_start()
         set_rng_states(self.pending["rng"])
-        sums = pl_module.epoch_sums["train"].sums
-        sums.update(
-            {k: v.to(pl_module.device) for k, v in (self.pending["train_sums"] or {}).items()}
+        saved = self.pending["train_sums"] or {}
+        pl_module.epoch_sums["train"].sums.update(
+            {k: v.to(pl_module.device) for k, v in saved.items()}
         )
         self.pending = None
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.epoch_started = True
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
 
 
 def rng_states() -> dict[str, Any]:

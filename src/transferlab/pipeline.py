@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.loggers import Logger
 
-from transferlab.checkpointing import last_checkpoint_path, resumable_callbacks
+from transferlab.checkpointing import last_checkpoint_path, resumable_training
 from transferlab.config import CLASSICAL_HEADS, check_accelerator
 from transferlab.data.module import TransferDataModule
 from transferlab.data.splits import Fold
@@ -310,8 +310,8 @@ def build_trainer(
     would shuffle the seeded training order again and repeat evaluation images."""
     trainer_cfg, options = trainer_arguments(cfg.trainer)
     configured = [instantiate(c) for c in cfg.callbacks.values() if c is not None]  # null: off
-    resumable = resumable_callbacks(cfg.checkpoint, stage_dir)  # after the best checkpoint
-    callbacks = [*configured, *pruning_callbacks(cfg), *resumable]
+    resumable = resumable_training(cfg.checkpoint, stage_dir)  # after the best checkpoint
+    callbacks = [*configured, *pruning_callbacks(cfg), resumable]
     if any(options.values()):
         callbacks.append(GpuOptions(**options))
     return instantiate(

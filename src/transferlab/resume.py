@@ -16,7 +16,7 @@ from transferlab.objective import BOOKKEEPING_KEYS, GROUPS, overrides_as_params
 
 # What may change on resume: where results go and how often checkpoints are written.
 RESUME_MAY_SET = (*BOOKKEEPING_KEYS, "resume", "checkpoint", "callbacks.progress_bar", "hydra")
-RUN_ID_KEY = "run_id"  # saved in every checkpoint (see ResumeState)
+RUN_ID_KEY = "run_id"  # saved in every checkpoint (see ResumableTraining)
 CHECKPOINT_TAG = "transferlab.last_checkpoint"  # a run's last.ckpt, set when it trains
 
 
@@ -115,13 +115,13 @@ def _last_checkpoint(target: str, tags: dict[str, str]) -> Path:
 def _run_of_checkpoint(path: Path) -> str:
     """Read with weights_only=True, as every checkpoint is: a file that needs pickle to load
     is refused unread."""
-    from transferlab.checkpointing import ResumeState
+    from transferlab.checkpointing import ResumableTraining
     from transferlab.safe_load import load_tensors
 
     if not path.is_file():
         raise UserError(f"resume={path}: no such checkpoint file")
     checkpoint = load_tensors(path, f"resume={path}")
-    state = checkpoint.get(ResumeState.KEY) or {}
+    state = checkpoint.get(ResumableTraining.KEY) or {}
     if RUN_ID_KEY not in state:
         raise UserError(f"resume={path} is not a transferlab checkpoint (no run id in it)")
     return state[RUN_ID_KEY]
