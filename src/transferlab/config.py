@@ -37,7 +37,6 @@ PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "auto-mixed", "16-true", "bf1
 PRECISION_ALIASES = ("transformer-engine", "transformer-engine-float16", "bf16", "16", "32", "64")
 PRECISION_ALIASES += (16, 32, 64)
 MAX_SEED = 2**32 - 1  # numpy's and Lightning's largest seed
-REGULARIZER_CHOICES = {"target": ("logits", "features"), "distance": ("l2", "cosine")}
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 # What torch raises for options it refuses (Hydra wraps errors in the call it makes)
 REFUSED = (InstantiationException, TypeError, ValueError, RuntimeError)
@@ -215,9 +214,6 @@ def _check_regularizer(cfg: DictConfig) -> None:
             _positive(cfg, f"regularizer.{key}", float, allow_zero=True)
     if "temperature" in node:
         _positive(cfg, "regularizer.temperature", float)
-    for key, accepted in REGULARIZER_CHOICES.items():
-        if key in node and node[key] not in accepted:
-            raise UserError(f"regularizer.{key}={node[key]!r} is unknown; use {one_of(accepted)}")
     name, head = node.get("name"), cfg.head.get("name")
     if name != "none" and head in CLASSICAL_HEADS:
         raise UserError(
@@ -422,7 +418,7 @@ def _locate(path: str, key: str):
 
 def _check_registries(cfg: DictConfig) -> None:
     """Names looked up in transferlab's registries, and each entry's options."""
-    from transferlab.finetune.regularizers import REGULARIZERS
+    from transferlab.finetune.regularizers import REGULARIZERS, check_kl_options
     from transferlab.models.backbones import check_architecture
     from transferlab.models.classical_heads import CLASSICAL_HEADS as CLASSICAL
     from transferlab.models.classical_heads import build_classical_head
@@ -438,6 +434,8 @@ def _check_registries(cfg: DictConfig) -> None:
         build_classical_head(**cfg.head)  # its own checks of the values; nothing is fitted
     regularizers = {"none": lambda: None, **REGULARIZERS}
     _check_choice(cfg.regularizer, "regularizer", regularizers, filled=("backbone", "head"))
+    if cfg.regularizer.name == "kl_source":
+        check_kl_options(cfg.regularizer)
 
 
 def _check_choice(

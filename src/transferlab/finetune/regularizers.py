@@ -8,6 +8,8 @@ copy: saved in checkpoints, never trained.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +48,18 @@ class L2SP(nn.Module):
         return self.alpha / 2 * to_source + self.beta / 2 * head
 
 
+KL_CHOICES = {"target": ("logits", "features"), "distance": ("l2", "cosine")}
+
+
+def check_kl_options(options: Mapping[str, Any]) -> None:
+    """KLSource's choices among `options`, also checked by config.validate before any run."""
+    for key, value in options.items():
+        if key in KL_CHOICES and value not in KL_CHOICES[key]:
+            raise UserError(
+                f"regularizer.{key}={value!r} is unknown; use {one_of(KL_CHOICES[key])}"
+            )
+
+
 class KLSource(nn.Module):
     """Distillation toward the source network (Learning without Forgetting, Li & Hoiem 2016).
 
@@ -66,11 +80,7 @@ class KLSource(nn.Module):
         distance: str = "l2",
     ):
         super().__init__()
-        if target not in ("logits", "features") or distance not in ("l2", "cosine"):
-            raise UserError(
-                f"regularizer target={target!r}, distance={distance!r}: use target logits or "
-                "features, distance l2 or cosine"
-            )
+        check_kl_options({"target": target, "distance": distance})
         self.weight, self.temperature, self.target, self.distance = (
             weight,
             temperature,
