@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import stat
+import warnings
 from pathlib import Path
 
 import pytest
@@ -56,8 +58,8 @@ def test_second_extraction_reads_the_cache(tmp_path, backbone, splits):
     def compute():
         return extract_features(backbone, splits.val.dataset, batch_size=128)
 
-    first = cache.features(key, compute)
-    second = cache.features(key, compute)
+    first = cache.features(key, compute, splits.val.targets)
+    second = cache.features(key, compute, splits.val.targets)
     assert (cache.misses, cache.hits) == (1, 1)
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
     digest = key_digest(key)
@@ -67,9 +69,9 @@ def test_second_extraction_reads_the_cache(tmp_path, backbone, splits):
 
 def test_a_new_cache_on_the_same_directory_hits(tmp_path, backbone, val_features):
     key = feature_key(backbone)
-    FeatureCache(tmp_path).features(key, lambda: val_features)
+    FeatureCache(tmp_path).features(key, lambda: val_features, val_features[1])
     again = FeatureCache(tmp_path)
-    features, labels = again.features(key, lambda: pytest.fail("computed again"))
+    features, labels = again.features(key, lambda: pytest.fail("again"), val_features[1])
     assert (again.misses, again.hits) == (0, 1)
     assert torch.equal(features, val_features[0]) and torch.equal(labels, val_features[1])
 
@@ -88,15 +90,16 @@ def test_any_change_that_decides_the_features_misses(tmp_path, backbone, val_fea
     ]
     cache = FeatureCache(tmp_path / "cache")
     for key in keys:
-        cache.features(key, lambda: val_features)
+        cache.features(key, lambda: val_features, val_features[1])
     assert (cache.misses, cache.hits) == (len(keys), 0)
 
 
 def test_cached_features_equal_a_direct_forward_pass(tmp_path, backbone, splits):
     key = feature_key(backbone)
     dataset = splits.val.dataset
-    FeatureCache(tmp_path).features(key, lambda: extract_features(backbone, dataset, 64))
-    features, labels = FeatureCache(tmp_path).features(key, lambda: pytest.fail("miss"))
+    targets = splits.val.targets
+    FeatureCache(tmp_path).features(key, lambda: extract_features(backbone, dataset, 64), targets)
+    features, labels = FeatureCache(tmp_path).features(key, lambda: pytest.fail("miss"), targets)
     images, targets = dataset.tensors
     with torch.no_grad():
         expected = backbone.eval()(images)
@@ -136,8 +139,58 @@ def test_a_failed_computation_stores_nothing(tmp_path, backbone):
         raise RuntimeError("out of memory")
 
     with pytest.raises(RuntimeError):
-        cache.features(feature_key(backbone), fail)
+        cache.features(feature_key(backbone), fail, [0, 1])
     assert list(tmp_path.iterdir()) == []
+
+
+def damage(path: Path, how: str, rows: int) -> None:
+    """What a full disk, a killed writer or another tool can leave in the cache; the
+    readable kinds are sized for a split of `rows` images."""
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "garbage":
+        path.write_bytes(b"not a tensor file at all")
+    else:  # a readable entry that does not fit the split
+        features, labels = {
+            "too_short": (torch.zeros(3, 8), torch.zeros(3, dtype=torch.int64)),
+            "flat_features": (torch.zeros(rows), torch.zeros(rows, dtype=torch.int64)),
+            "float_labels": (torch.zeros(rows, 8), torch.zeros(rows)),
+            "other_labels": (torch.zeros(rows, 8), torch.full((rows,), 3, dtype=torch.int64)),
+        }[how]
+        torch.save({"features": features, "labels": labels}, path)
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["truncated", "empty", "garbage", "too_short", "flat_features", "float_labels", "other_labels"],
+)
+def test_a_damaged_entry_is_recomputed_with_one_warning(tmp_path, backbone, val_features, how):
+    key = feature_key(backbone)
+    labels = val_features[1]
+    FeatureCache(tmp_path).features(key, lambda: val_features, labels)
+    path = tmp_path / f"{key_digest(key)}.pt"
+    damage(path, how, len(labels))
+    cache = FeatureCache(tmp_path)
+    with pytest.warns(UserWarning) as caught:
+        features, found = cache.features(key, lambda: val_features, labels)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert message.startswith(f"feature cache entry {path} ") and "recomputing it" in message
+    assert (cache.misses, cache.hits) == (1, 0)
+    assert torch.equal(features, val_features[0]) and torch.equal(found, labels)
+    again = FeatureCache(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the rewritten entry is sound: no second warning
+        again.features(key, lambda: pytest.fail("computed again"), labels)
+    assert again.hits == 1
+
+
+def test_a_cache_directory_it_creates_is_private(tmp_path):
+    directory = tmp_path / "new" / "features"
+    FeatureCache(directory)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
 
 
 def test_key_digest_ignores_dict_order_and_refuses_values_that_are_not_json():

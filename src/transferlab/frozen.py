@@ -13,12 +13,11 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from transferlab.data.feature_cache import FeatureCache, extract_features, weights_identity
 from transferlab.data.module import TransferDataModule
-from transferlab.data.splits import Fold
 from transferlab.finetune.freezing import is_always_frozen
 from transferlab.models.backbones import Backbone
 from transferlab.models.classical_heads import build_classical_head, evaluate, save
@@ -54,28 +53,29 @@ def can_cache_features(cfg: DictConfig, backbone: Backbone) -> bool:
 
 
 def split_features(
-    cfg: DictConfig, backbone: Backbone, data: TransferDataModule, precision: str, fold: Fold | None
+    cfg: DictConfig, backbone: Backbone, data: TransferDataModule, precision: str
 ) -> SplitFeatures:
-    """Each split's features, from the cache when an earlier run computed them."""
+    """Each split's features, from the cache when an earlier run computed them. The data
+    is keyed by what was loaded (`data.identity`: for an image folder its absolute root and
+    a digest of its files, with the task and the fold), not by the dataset's config."""
     cache = FeatureCache(cache_dir(cfg)) if cfg.feature_cache.enabled else None
     identity = {
         "weights": weights_identity(backbone.network),
         "arch": backbone.name,
         "preprocessing": backbone.preprocessing.as_dict(),
-        "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
-        "fold": [fold.index, fold.count] if fold else None,
+        "data": data.identity,
         "precision": precision,
         "versions": {p: version(p) for p in ("torch", "torchvision")},
     }
     features = {}
     for split in SPLITS:
-        images = getattr(data.splits, split).dataset
+        part = getattr(data.splits, split)
 
-        def compute(images=images):
+        def compute(images=part.dataset):
             return extract_features(backbone, images, cfg.loader.batch_size, precision)
 
         key = {**identity, "split": split}
-        features[split] = cache.features(key, compute) if cache else compute()
+        features[split] = cache.features(key, compute, part.targets) if cache else compute()
     return features
 
 

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from transferlab.atomic import write_atomically
 from transferlab.errors import UserError, one_of
 from transferlab.safe_load import load_tensors
 
@@ -82,35 +83,78 @@ class FeatureCache:
     """(features, labels) per key in `directory`: `<sha256>.pt`, with `<sha256>.json`
     holding the key for humans. Files are written atomically (temp file + os.replace),
     so workers sharing the directory never read a half-written entry; two workers that
-    miss at once both compute and the last write wins, with the same content.
+    miss at once both compute and the last write wins, with the same content. A directory
+    the cache creates is private to the user (0700): the features reveal the data.
     """
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.hits = 0
         self.misses = 0
 
     def features(
-        self, key: Mapping[str, Any], compute: Callable[[], tuple[Tensor, Tensor]]
+        self,
+        key: Mapping[str, Any],
+        compute: Callable[[], tuple[Tensor, Tensor]],
+        labels: np.ndarray | Tensor,
     ) -> tuple[Tensor, Tensor]:
         """The cached tensors for `key`, or `compute()`'s, stored for next time.
 
-        `key` is plain JSON data holding everything the features depend on.
+        `key` is plain JSON data holding everything the features depend on; `labels` are
+        the split's, in order: an entry that does not hold one feature row per label, and
+        those labels, is unusable (as is one that cannot be read): it is deleted and
+        computed again, with a warning.
         """
         digest = key_digest(key)
         path = self.directory / f"{digest}.pt"
         if path.is_file():
-            self.hits += 1
-            stored = load_tensors(path, f"feature cache entry {path}", "delete it to recompute")
-            return stored["features"], stored["labels"]
+            cached = self._read(path, torch.as_tensor(labels, dtype=torch.int64))
+            if cached is not None:
+                self.hits += 1
+                return cached
         self.misses += 1
-        features, labels = compute()
+        features, found = compute()
         description = json.dumps(_versioned(key), indent=2, sort_keys=True).encode()
-        _write_atomically(self.directory / f"{digest}.json", lambda f: f.write(description))
-        stored = {"features": features, "labels": labels}
-        _write_atomically(path, lambda f: torch.save(stored, f))
-        return features, labels
+        write_atomically(self.directory / f"{digest}.json", lambda f: f.write(description))
+        stored = {"features": features, "labels": found}
+        write_atomically(path, lambda f: torch.save(stored, f))
+        return features, found
+
+    def _read(self, path: Path, labels: Tensor) -> tuple[Tensor, Tensor] | None:
+        """The entry's tensors, or None (entry deleted, one warning) when it is unusable."""
+        what = f"feature cache entry {path}"
+        try:
+            stored = load_tensors(path, what)
+        except UserError as err:  # cut short, emptied, garbled, or needing pickle
+            problem = str(err)
+        else:
+            fit = _entry_problem(stored, labels)
+            problem = f"{what} does not fit the split: {fit}" if fit else None
+        if problem is None:
+            return stored["features"], stored["labels"]
+        warnings.warn(f"{problem}; recomputing it", stacklevel=3)
+        path.unlink(missing_ok=True)
+        return None
+
+
+def _entry_problem(stored: Any, labels: Tensor) -> str | None:
+    """What makes a loaded entry unfit for a split with these `labels`; None: nothing."""
+    if not isinstance(stored, dict) or set(stored) != {"features", "labels"}:
+        return "it does not hold exactly features and labels"
+    features, found = stored["features"], stored["labels"]
+    if not (isinstance(features, Tensor) and features.ndim == 2 and features.is_floating_point()):
+        return "its features are not a 2-D float tensor"
+    if not (isinstance(found, Tensor) and found.ndim == 1 and found.dtype == torch.int64):
+        return "its labels are not a 1-D int64 tensor"
+    if not len(features) == len(found) == len(labels):
+        return (
+            f"it holds {len(features)} feature rows and {len(found)} labels for a split of "
+            f"{len(labels)} images"
+        )
+    if not torch.equal(found, labels):
+        return "its labels differ from the split's"
+    return None
 
 
 def key_digest(key: Mapping[str, Any]) -> str:
@@ -119,25 +163,17 @@ def key_digest(key: Mapping[str, Any]) -> str:
     A value that is not plain JSON (a Path, a DictConfig) raises TypeError: convert it
     first (str, OmegaConf.to_container), as its repr would not be stable across runs.
     """
-    canonical = json.dumps(_versioned(key), sort_keys=True, separators=(",", ":"))
+    return json_digest(_versioned(key))
+
+
+def json_digest(value: Any) -> str:
+    """sha256 (hex) of plain JSON data in canonical form (sorted keys, no spaces)."""
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _versioned(key: Mapping[str, Any]) -> dict[str, Any]:
     return {"cache_format": CACHE_FORMAT, "key": dict(key)}
-
-
-def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())  # the data is on disk before the name points at it
-    except BaseException:
-        os.unlink(temp)
-        raise
-    os.replace(temp, path)
 
 
 def weights_identity(backbone: nn.Module) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from torch.utils.data import (
 )
 
 from transferlab.data.datasets import LabelledImages
+from transferlab.data.feature_cache import json_digest
 from transferlab.data.splits import TASK_KEYS, Fold, TaskSpec, TaskSplits, carve_task
 from transferlab.data.transforms import Preprocessing
 from transferlab.errors import instantiate
@@ -34,7 +36,12 @@ class TransferDataModule(pl.LightningDataModule):
     interrupted one had left (see `state_dict`).
 
     Under DDP each process takes its own share of every split (see `ShuffledBatches` and
-    `evaluation_batches`); Lightning's DistributedSampler is off (see pipeline.build_trainer)."""
+    `evaluation_batches`); Lightning's DistributedSampler is off (see pipeline.build_trainer).
+
+    After `setup`, `identity` says which data was loaded, as plain JSON data: the dataset's
+    own `identity()` (a user's class without one: its resolved config, so a relative path
+    in it names no particular folder), the task keys and the fold; `dataset_digest` is a
+    short hash of it, for a run to record."""
 
     def __init__(
         self,
@@ -58,11 +65,24 @@ class TransferDataModule(pl.LightningDataModule):
         self.seed = seed
         self.resume_at: dict[str, int] = {"epoch": 0, "batches_done": 0}
         self.splits: TaskSplits | None = None
+        self.identity: dict[str, Any] | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:  # the model needs the class count before fit calls setup
             source = instantiate(self.source_config)
             self.splits = carve_task(source.load(self.preprocessing), self.task, self.fold)
+            self.identity = {
+                "source": source.identity() if hasattr(source, "identity") else self.source_config,
+                "task": asdict(self.task),
+                "fold": [self.fold.index, self.fold.count] if self.fold else None,
+            }
+
+    @property
+    def dataset_digest(self) -> str:
+        """16 hex digits of the sha256 of `identity`: equal for the same data, task and fold."""
+        if self.identity is None:
+            raise RuntimeError("dataset_digest is known after setup()")
+        return json_digest(self.identity)[:16]
 
     def use_features(self, features: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Serves precomputed backbone features in place of the images (same splits)."""
