@@ -75,8 +75,11 @@ def test_unknown_group_option_names_the_accepted_ones(make_config):
         ("loader.batch_size=0", "loader.batch_size=0 must be > 0"),
         ("loader.batch_size=2.5", "loader.batch_size=2.5 must be a whole number"),
         ("trainer.max_epochs=-3", "trainer.max_epochs=-3 must be > 0"),
-        ("loader.num_workers=-1", "loader.num_workers=-1 must be a whole number >= 0, or auto"),
-        ("loader.num_workers=many", "loader.num_workers='many' must be a whole number >= 0"),
+        (
+            "loader.num_workers=-1",
+            "loader.num_workers=-1 must be a whole number in [0, 256], or auto",
+        ),
+        ("loader.num_workers=many", "loader.num_workers='many' must be a whole number in [0, 256]"),
         (
             "freeze.name=sideways",
             "freeze.name='sideways' is unknown; use none, linear_probe, partial, "
@@ -88,6 +91,9 @@ def test_unknown_group_option_names_the_accepted_ones(make_config):
         ("dataset.val_fraction=1.5", "dataset.val_fraction=1.5 must be in [0, 1)"),
         ("dataset=image_folder", "dataset.root is required: pass dataset.root=/path/to/images"),
         ("head.dropout=1.0", "head.dropout=1.0 must be in [0, 1)"),
+        ("head.dropout=nan", "head.dropout=nan must be a finite number"),
+        ("optimizer.lr=inf", "optimizer.lr=inf must be a finite number"),
+        ("loader.batch_size=2000000", "loader.batch_size=2000000 must be <= 1048576"),
     ],
 )
 def test_bad_values_get_one_clear_line(make_config, override, expected):
