@@ -16,8 +16,9 @@ from omegaconf import DictConfig, open_dict
 
 from transferlab.studies import register_studies
 
-# The smallest budgets that still train: a couple of epochs, no progress bar.
-FAST = ["trainer.max_epochs=2", "~callbacks.progress_bar"]
+# The smallest budgets that still train: a couple of epochs (the scratch baseline's too), no
+# progress bar.
+FAST = ["trainer.max_epochs=2", "scratch.trainer.max_epochs=2", "~callbacks.progress_bar"]
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +76,48 @@ def make_config(
 
     yield make
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def multirun(
+    tracking_uri, feature_cache_dir, client, experiment, tmp_path, monkeypatch
+) -> Callable[..., int]:
+    """`transferlab-train -m OVERRIDES` through the real Hydra app in this process (Hydra's
+    basic launcher, the sweep's MLflow callback); returns its exit code."""
+    from transferlab.tracking.sweep import PARENT_RUN_ENV
+    from transferlab.train import main
+
+    if client.get_experiment_by_name(experiment) is None:  # artifacts in tmp, not ./mlruns
+        client.create_experiment(experiment, artifact_location=str(tmp_path / "artifacts"))
+    monkeypatch.delenv(PARENT_RUN_ENV, raising=False)  # and unset again whatever happens
+
+    def run(*overrides: str) -> int:
+        monkeypatch.setattr(
+            sys,
+            "argv",
+            [
+                "transferlab-train",
+                "-m",
+                *FAST,
+                f"tracking.uri='{tracking_uri}'",
+                f"feature_cache.dir='{feature_cache_dir}'",
+                f"experiment_name={experiment}",
+                f"hydra.sweep.dir='{tmp_path / 'sweep'}'",
+                "hydra/job_logging=none",  # leave the test session's logging as it is
+                "hydra/hydra_logging=none",
+                *overrides,
+            ],
+        )
+        GlobalHydra.instance().clear()
+        try:
+            main()
+        except SystemExit as exited:
+            return exited.code
+        finally:
+            GlobalHydra.instance().clear()
+        return 0
+
+    return run
 
 
 @pytest.fixture

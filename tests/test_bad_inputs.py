@@ -40,12 +40,19 @@ class Bad:
     late: bool = False  # found where the data is built: the run is recorded FAILED
 
 
+def not_finite(overrides: str, named: str | None = None) -> Bad:
+    """NaN or inf where a number is read. `named`: the key=value as the message names it,
+    when it is not the last override's own."""
+    return Bad(overrides, (named or overrides.split()[-1].lstrip("+"), "must be a finite number"))
+
+
 BAD: dict[str, list[Bad]] = {
     "backbone": [
         Bad("backbone.arch=resnet99", ("backbone.arch", "resnet18", "vit_b_16")),
         Bad("backbone=resnet18 backbone.weights=IMAGENET9K", ("backbone.weights", "IMAGENET1K_V1")),
-        Bad("backbone.input_size=4", ("backbone.input_size", ">= 8")),
+        Bad("backbone.input_size=4", ("backbone.input_size", "[8, 4096]")),
         Bad("backbone.input_size=big", ("backbone.input_size", "whole number")),
+        Bad("backbone.input_size=100000", ("backbone.input_size=100000", "[8, 4096]")),
         Bad("+backbone.depth=3", ("backbone.depth", "arch", "weights_path")),
         Bad("backbone._target_=transferlab.models.nowhere.build", ("backbone._target_",)),
     ],
@@ -87,7 +94,8 @@ BAD: dict[str, list[Bad]] = {
     ],
     "head": [
         Bad("head.name=resnet", ("head.name", "linear", "mlp", "svm", "logreg")),
-        Bad("head=mlp head.hidden=0", ("head.hidden", ">= 1")),
+        Bad("head=mlp head.hidden=0", ("head.hidden", "[1, 65536]")),
+        Bad("head=mlp head.hidden=10000000", ("head.hidden=10000000", "[1, 65536]")),
         Bad("head=svm freeze=linear_probe head.C=abc", ("head.C", "a number")),
         Bad("+head.width=64", ("head.width", "dropout")),
         Bad("head=svm freeze=linear_probe head.kernel=cubic", ("head.kernel", "rbf", "sigmoid")),
@@ -116,6 +124,12 @@ BAD: dict[str, list[Bad]] = {
     "loader": [
         Bad("loader.epoch_samples=0", ("loader.epoch_samples", "> 0")),
         Bad("loader.num_workers=1.5", ("loader.num_workers", "auto")),
+        Bad("loader.num_workers=100000", ("loader.num_workers=100000", "[0, 256]", "auto")),
+        Bad(
+            "loader.batch_size=100000000000000000000",
+            ("loader.batch_size=100000000000000000000", "<= 1048576"),
+        ),
+        Bad("loader.epoch_samples=10000000000000", ("loader.epoch_samples", "<= 2147483648")),
         Bad("+loader.workers=4", ("loader.workers", "num_workers")),
         Bad("~loader.batch_size", ("loader.batch_size", "required")),
     ],
@@ -130,6 +144,9 @@ BAD: dict[str, list[Bad]] = {
     "cv": [
         Bad("cv.folds=3 compare_scratch=true", ("cv.folds", "compare_scratch")),
         Bad("cv.folds=two", ("cv.folds", ">= 2")),
+        # more folds than the digits' smallest class has images in train+val: found in the
+        # data, still before any run
+        Bad("cv.folds=500", ("cv.folds=500", "smallest class", "at most")),
         Bad("+cv.k=5", ("cv.k", "folds")),
     ],
     "feature_cache": [
@@ -148,7 +165,6 @@ BAD: dict[str, list[Bad]] = {
     ],
     "resume": [
         Bad("resume=[a,b]", ("resume", "run id")),
-        Bad("resume=0123abcd optimizer.lr=0.5", ("optimizer.lr", "would change its result")),
         Bad("resume=no-such-run", ("resume=no-such-run", "neither a checkpoint file nor a run")),
     ],
     "callbacks": [
@@ -168,7 +184,14 @@ BAD: dict[str, list[Bad]] = {
     ],
     "source": [
         Bad("source=mnist", ("source/mnist", "digits_0_4"), by_hydra=True),
-        Bad("source=digits_0_4 source.dataset.classes=[1]", ("source.dataset.classes", "2")),
+        Bad(
+            "source=digits_0_4 source.dataset.classes=[1]", ("source stage", "dataset.classes", "2")
+        ),
+        Bad("source=digits_0_4 +source.trainer.max_epoch=3", ("source stage", "max_epochs")),
+    ],
+    "scratch": [
+        Bad("compare_scratch=true scratch.trainer.max_epochs=0", ("scratch stage", "max_epochs")),
+        Bad("compare_scratch=true +scratch.optimizer.lr=nan", ("scratch", "lr", "finite")),
     ],
     "settings": [
         Bad("optimize_metric=val/accuracy", ("optimize_metric", "val/acc", "test/loss")),
@@ -177,6 +200,45 @@ BAD: dict[str, list[Bad]] = {
         Bad("compare_scratch=maybe", ("compare_scratch", "true or false")),
         Bad("experiment_name=", ("experiment_name", "non-empty")),
         Bad("+lr=0.1", ("lr", "backbone", "optimizer")),
+    ],
+    "not finite": [
+        not_finite("optimizer.lr=nan"),
+        not_finite("optimizer.lr=inf"),
+        not_finite("optimizer.weight_decay=-inf"),
+        not_finite("optimizer=sgd optimizer.momentum=nan"),
+        not_finite("optimizer.backbone_lr_mult=inf"),
+        not_finite("optimizer.layer_decay=nan"),
+        not_finite("optimizer=adam +optimizer.eps=nan"),
+        not_finite("optimizer=adam +optimizer.betas=[0.9,nan]", "optimizer.betas[1]=nan"),
+        not_finite("scheduler.eta_min=nan"),
+        not_finite("scheduler=step scheduler.gamma=inf"),
+        not_finite("scheduler=plateau scheduler.factor=nan"),
+        not_finite("head.dropout=nan"),
+        not_finite("head=mlp head.dropout=inf"),
+        not_finite("head=svm freeze=linear_probe head.C=inf"),
+        not_finite("head=logreg freeze=linear_probe head.C=nan"),
+        not_finite("loss.label_smoothing=nan"),
+        not_finite("augment.mixup_alpha=nan"),
+        not_finite("augment.cutmix_alpha=inf"),
+        not_finite("regularizer=l2_sp regularizer.alpha=nan"),
+        not_finite("regularizer=l2_sp regularizer.beta=inf"),
+        not_finite("regularizer=kl_source regularizer.weight=nan"),
+        not_finite("regularizer=kl_source regularizer.temperature=inf"),
+        not_finite("dataset.val_fraction=nan"),
+        not_finite("dataset.test_fraction=-inf"),
+        not_finite("dataset=synthetic dataset.signal=nan"),
+        not_finite("source=digits_0_4 +source.dataset.val_fraction=nan"),
+        not_finite("freeze=gradual freeze.warmup_epochs=nan"),
+        not_finite("freeze=freeze_unfreeze freeze.unfreeze_at=inf"),
+        not_finite("trainer.max_epochs=inf"),
+        not_finite("trainer.gradient_clip_val=nan"),
+        not_finite("+trainer.limit_train_batches=inf"),
+        not_finite("+callbacks.early_stopping.min_delta=nan"),
+        not_finite("loader.batch_size=inf"),
+        not_finite("loader.epoch_samples=nan"),
+        not_finite("checkpoint.every_n_epochs=inf"),
+        not_finite("backbone.input_size=nan"),
+        not_finite("seed=nan"),
     ],
 }
 CASES = [

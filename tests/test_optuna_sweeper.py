@@ -137,7 +137,7 @@ def test_the_config_file_names_the_sweeper_and_its_defaults_are_valid(yaml_setti
     parsed = Settings.parse(settings)
     assert (parsed.sampler, parsed.direction, parsed.pruner, parsed.storage) == (
         "tpe",
-        "maximize",
+        None,  # follows optimize_metric
         "none",
         None,
     )
@@ -317,10 +317,26 @@ def test_the_same_command_with_more_trials_resumes_the_study(first_sweep):
 
 
 @pytest.mark.slow
-def test_a_bad_setting_stops_the_sweep_with_one_line_before_any_trial(tmp_path):
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            ["hydra.sweeper.sampler=bayes"],
+            "hydra.sweeper.sampler=bayes is unknown; use tpe, random, cmaes or grid",
+        ),
+        (
+            ["optimize_metric=val/loss", "hydra.sweeper.direction=maximize"],
+            "hydra.sweeper.direction=maximize contradicts optimize_metric='val/loss', which is "
+            "minimized; leave hydra.sweeper.direction unset (it follows optimize_metric)",
+        ),
+    ],
+)
+def test_a_bad_setting_stops_the_sweep_with_one_line_before_any_trial(tmp_path, settings, message):
     no_mlflow = "~hydra.callbacks.sweep_tracking"  # spares ~8 s of creating an MLflow store
-    result = multirun(tmp_path, "hydra/sweeper=optuna", "hydra.sweeper.sampler=bayes", no_mlflow)
+    result = multirun(
+        tmp_path, "hydra/sweeper=optuna", *settings, "optimizer.lr=0.1,0.2", no_mlflow
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    message = "hydra.sweeper.sampler=bayes is unknown; use tpe, random, cmaes or grid"
     assert message in result.stderr.splitlines()
+    assert not list(tmp_path.glob("multirun/*/*/0"))  # no trial ran

@@ -37,3 +37,13 @@ def test_rerun_of_an_unknown_run_is_one_clear_line(tracking_uri, capsys):
     assert capsys.readouterr().err.startswith(f"error: cannot rerun {'0' * 32}")
     with pytest.raises(UserError):
         rerun("nope", tracking_uri)
+
+
+def test_a_rerun_compares_only_the_params_that_change_a_result(capsys):
+    from transferlab.rerun import changed_params
+
+    original = {"optimizer.lr": "0.001", "tracking.uri": "sqlite:///a.db", "seed": "1"}
+    moved = {"optimizer.lr": "0.001", "tracking.uri": "sqlite:///b.db", "seed": "1"}
+    assert changed_params(original, moved) == []  # another store changes no result
+    assert changed_params(original, {**moved, "optimizer.lr": "0.01"}) == ["optimizer.lr"]
+    assert "config optimizer.lr: 0.001 -> 0.01  DIFFERS" in capsys.readouterr().out

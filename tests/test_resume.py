@@ -16,7 +16,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from transferlab.errors import UserError
-from transferlab.resume import RunInterrupted
+from transferlab.resume import CHECKPOINT_TAG, RunInterrupted
 from transferlab.train import run as run_task
 
 BASE = ["~callbacks.progress_bar", "~callbacks.early_stopping"]
@@ -46,8 +46,14 @@ def _interrupt_then_resume(make_config, client, runs, overrides, step, tmp_path)
     interrupted = runs()[-1]
     assert interrupted.info.status == "KILLED"
     assert interrupted.data.tags["transferlab.interrupted_by"] == "SIGTERM"
-    assert f"resume={interrupted.info.run_id}" in str(stopped.value)
-    run_task(make_config(f"resume={interrupted.info.run_id}"))
+    resume = f"resume={interrupted.info.run_id}"
+    assert resume in str(stopped.value)
+    with pytest.raises(UserError) as refused:  # a value that differs from the recorded one
+        run_task(make_config(*BASE, *overrides, killer, resume, "optimizer.lr=0.5"))
+    assert f"{resume}: optimizer.lr=0.5 differs from the run's recorded optimizer.lr=0.001" in str(
+        refused.value
+    )
+    run_task(make_config(*BASE, *overrides, killer, resume))  # the same command, resume added
     return client.get_run(interrupted.info.run_id)
 
 
@@ -72,11 +78,6 @@ def test_a_resumed_run_ends_exactly_as_one_never_interrupted(
     assert _compared(client, resumed) == _compared(client, reference)
     params = {k: v for k, v in resumed.data.params.items() if not k.startswith("callbacks.signal")}
     assert params == reference.data.params  # logged once, by the run that started
-
-
-def test_resume_refuses_overrides_that_would_change_the_result(make_config):
-    with pytest.raises(UserError, match=r"optimizer\.lr.*would change its result"):
-        run_task(make_config("resume=0123abcd", "optimizer.lr=0.5"))
 
 
 def test_resume_refuses_a_finished_run_and_an_unknown_one(make_config, runs):
@@ -107,6 +108,41 @@ def test_a_checkpoint_that_needs_pickle_is_refused_and_its_payload_never_runs(
     assert not marker.exists()
     pickle.loads(pickle.dumps(_Payload(marker)))  # the payload is real: loading runs it
     assert marker.exists()
+
+
+def _truncate(path: Path) -> None:
+    """What a crash or a full disk leaves of a checkpoint written in place."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_truncated_checkpoint_file_is_one_clear_line(make_config, runs):
+    run_task(make_config(*BASE, "trainer.max_epochs=2"))
+    last = Path(runs()[-1].data.tags[CHECKPOINT_TAG])
+    _truncate(last)
+    with pytest.raises(UserError) as error:
+        run_task(make_config(f"resume={last}"))
+    message = str(error.value)
+    assert message.startswith(f"resume={last} cannot be read: it is truncated, corrupt or not")
+    assert "\n" not in message
+
+
+def test_a_truncated_last_checkpoint_of_a_run_id_is_one_clear_line(
+    make_config, client, runs, tmp_path
+):
+    once = tmp_path / "signal-sent"
+    killer = f"+callbacks.signal={{_target_: tests.helpers.SignalAtStep, step: 20, once: '{once}'}}"
+    with pytest.raises(RunInterrupted):
+        run_task(make_config(*BASE, "trainer.max_epochs=3", killer))
+    interrupted = runs()[-1]
+    last = Path(interrupted.data.tags[CHECKPOINT_TAG])
+    _truncate(last)
+    with pytest.raises(UserError) as error:
+        run_task(make_config(f"resume={interrupted.info.run_id}"))
+    message = str(error.value)
+    assert str(last) in message and "cannot be read: it is truncated" in message
+    assert "\n" not in message
+    assert client.get_run(interrupted.info.run_id).info.status != "RUNNING"
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import difflib
 import functools
 import importlib
 import inspect
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
@@ -26,8 +27,10 @@ from omegaconf.errors import InterpolationResolutionError
 
 from transferlab.errors import UserError, one_of
 from transferlab.finetune.freezing import check_fits_training, check_freeze_config
+from transferlab.objective import CLASSICAL_HEADS
+from transferlab.stage_configs import derived_stages
 
-CLASSICAL_HEADS = ("svm", "logreg")  # scikit-learn heads: fitted on frozen features
+OVERLAYS = ("scratch",)  # keys merged onto a derived stage's config, checked there
 ADDED_BY_SWEEPERS = ("optuna",)  # an Optuna trial's study and number
 FIT_METRICS = ("val/acc", "val/loss", "train/acc", "train/loss", "train/reg")
 METRICS = (*FIT_METRICS, "test/acc", "test/loss")
@@ -43,7 +46,29 @@ REFUSED = (InstantiationException, TypeError, ValueError, RuntimeError)
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raises a UserError for the first bad key; the cheap checks come first."""
+    """Raises a UserError for the first bad key; the cheap checks come first. The stages the
+    run derives (its source stage, its scratch baseline) pass the same checks, before any
+    run starts, as `source.*` / `scratch.*` merged onto the run's config."""
+    _check_plain_values(cfg)
+    stages = derived_stages(cfg)
+    for role, stage in stages.items():
+        _in_stage(role, _check_plain_values, stage)
+    _check_against_code(cfg)
+    for role, stage in stages.items():
+        _in_stage(role, _check_against_code, stage)
+
+
+def _in_stage(role: str, check: Callable[[DictConfig], None], stage: DictConfig) -> None:
+    try:
+        check(stage)
+    except UserError as error:
+        raise UserError(f"{role} stage (the config with {role}.* merged in): {error}") from None
+
+
+# --- first pass: plain values, nothing heavy imported ---------------------------------------
+
+
+def _check_plain_values(cfg: DictConfig) -> None:
     _check_keys(cfg)
     _resolvable(cfg)
     _no_missing_values(cfg)
@@ -55,13 +80,7 @@ def validate(cfg: DictConfig) -> None:
     _check_methods(cfg)
     _check_regularizer(cfg)
     _check_task(cfg.dataset, "dataset")
-    if cfg.source:
-        _check_task(OmegaConf.merge(cfg.dataset, cfg.source.get("dataset", {})), "source.dataset")
     _check_metric_names(cfg)
-    _check_against_code(cfg)
-
-
-# --- first pass: plain values, nothing heavy imported ---------------------------------------
 
 
 @dataclass(frozen=True)
@@ -79,7 +98,8 @@ def schema() -> Schema:
     primary = OmegaConf.to_container(OmegaConf.create(text))  # unresolved: ${hydra:...}
     groups = [next(iter(entry)) for entry in primary["defaults"] if isinstance(entry, dict)]
     own = [key for key in primary if key not in ("defaults", "hydra")]
-    sections = {key: tuple(primary[key]) for key in own if isinstance(primary[key], dict)}
+    plain = [key for key in own if isinstance(primary[key], dict) and key not in OVERLAYS]
+    sections = {key: tuple(primary[key]) for key in plain}
     return Schema((*groups, *own), sections)
 
 
@@ -134,13 +154,23 @@ def _resolvable(cfg: DictConfig) -> None:
         raise UserError(f"{err.full_key} cannot be resolved: {reason}") from None
 
 
+# Upper bounds on sizes, far beyond any real run: a value past one is a slip (a unit, an
+# exponent) that would otherwise fail mid-run, out of memory or out of processes.
+MAX_BATCH_SIZE = 2**20  # images a step; even 8x8 px ones would take 0.8 GB per batch
+MAX_EPOCH_SAMPLES = 2**31  # images drawn an epoch: 2 billion, hours per epoch on any machine
+MAX_INPUT_SIZE = 4096  # px a side; backbones are pretrained at <= 1024, a 4096 image is 200 MB
+MAX_WORKERS = 256  # loader processes, each holding a copy of the dataset's state
+MAX_HIDDEN = 2**16  # head width; 65536 x a 2048-wide backbone is already 134M weights
+
+
 def _check_numbers(cfg: DictConfig) -> None:
+    _check_finite(OmegaConf.to_container(cfg), "")  # unresolved: the key that was set
     _positive(cfg, "optimizer.lr", float)
-    _positive(cfg, "loader.batch_size", int)
+    _positive(cfg, "loader.batch_size", int, high=MAX_BATCH_SIZE)
     _positive(cfg, "trainer.max_epochs", int)
     _check_workers(cfg.loader.num_workers)
     if cfg.loader.epoch_samples is not None:
-        _positive(cfg, "loader.epoch_samples", int)
+        _positive(cfg, "loader.epoch_samples", int, high=MAX_EPOCH_SAMPLES)
     _positive(cfg, "optimizer.backbone_lr_mult", float, allow_zero=True)
     for key in ("weight_decay", "momentum"):  # torch would refuse them without naming the key
         if key in cfg.optimizer:
@@ -149,10 +179,11 @@ def _check_numbers(cfg: DictConfig) -> None:
         if key in cfg.scheduler:
             _whole(f"scheduler.{key}", cfg.scheduler[key], 1)
     _whole("seed", cfg.seed, 0, MAX_SEED)
-    _whole("backbone.input_size", cfg.backbone.get("input_size"), 8, optional=True)
-    for key in ("hidden", "max_iter"):
-        if key in cfg.head:
-            _whole(f"head.{key}", cfg.head[key], 1)
+    _whole("backbone.input_size", cfg.backbone.get("input_size"), 8, MAX_INPUT_SIZE, optional=True)
+    if "hidden" in cfg.head:
+        _whole("head.hidden", cfg.head.hidden, 1, MAX_HIDDEN)
+    if "max_iter" in cfg.head:
+        _whole("head.max_iter", cfg.head.max_iter, 1)
     if "C" in cfg.head:
         _positive(cfg, "head.C", float)
     _whole("checkpoint.every_n_epochs", cfg.checkpoint.every_n_epochs, 1)
@@ -272,10 +303,28 @@ def _number(cfg: DictConfig, key: str, kind: type):
     return value
 
 
-def _positive(cfg: DictConfig, key: str, kind: type, allow_zero: bool = False) -> None:
+def _positive(
+    cfg: DictConfig, key: str, kind: type, allow_zero: bool = False, high: int | None = None
+) -> None:
     value = _number(cfg, key, kind)
     if value < 0 or (value == 0 and not allow_zero):
         raise UserError(f"{key}={value} must be {'>= 0' if allow_zero else '> 0'}")
+    if high is not None and value > high:
+        raise UserError(f"{key}={value} must be <= {high}")
+
+
+def _check_finite(node, key: str) -> None:
+    """NaN passes every range check (each comparison with it is false) and inf passes the
+    lower ones: refused wherever a number is read, by its full key (`optimizer.betas[1]`),
+    including the options of any `_target_` and the keys of a user's own nodes."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            _check_finite(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            _check_finite(value, f"{key}[{index}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise UserError(f"{key}={node} must be a finite number")
 
 
 def _whole(key: str, value, low: int, high: int | None = None, optional: bool = False) -> None:
@@ -292,9 +341,11 @@ def _whole(key: str, value, low: int, high: int | None = None, optional: bool = 
 
 def _check_workers(workers) -> None:
     whole = isinstance(workers, int) and not isinstance(workers, bool)
-    if workers == "auto" or (whole and workers >= 0):
+    if workers == "auto" or (whole and 0 <= workers <= MAX_WORKERS):
         return
-    raise UserError(f"loader.num_workers={workers!r} must be a whole number >= 0, or auto")
+    raise UserError(
+        f"loader.num_workers={workers!r} must be a whole number in [0, {MAX_WORKERS}], or auto"
+    )
 
 
 def _boolean(cfg: DictConfig, key: str, optional: bool = False) -> None:
@@ -507,3 +558,22 @@ def _open_store(configured: str | None) -> None:
         key = "tracking.uri" if configured else "$MLFLOW_TRACKING_URI"
         reason = str(error).strip().partition("\n")[0]
         raise UserError(f"{key}={uri!r} cannot be used: {reason}") from None
+
+
+# --- against the data: called by the pipeline before any MLflow run is opened ---------------
+
+
+def check_folds_fit_data(cfg: DictConfig) -> None:
+    """Stratified k-fold needs `cv.folds` images of every class in train+val: too many folds
+    would otherwise fail only once the parent run and the first fold's run are recorded.
+    Fold 0 is carved here as its run will carve it (the same code, the same line), from
+    images at their native size: an image folder is listed, not decoded, and in-memory
+    datasets stay small. Not at validation: it reads the data, which may be large."""
+    if not cfg.cv.folds:
+        return
+    from transferlab.data.module import TransferDataModule
+    from transferlab.data.splits import Fold
+    from transferlab.data.transforms import Preprocessing
+
+    native = Preprocessing(input_size=None)
+    TransferDataModule(cfg.dataset, native, cfg.loader, Fold(0, cfg.cv.folds)).setup()

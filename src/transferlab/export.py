@@ -239,7 +239,7 @@ def _artifact(client, run: Run, path: str, scratch: str, missing: str) -> str:
 def _stage_config(client, run: Run, scratch: str) -> DictConfig:
     from omegaconf import OmegaConf
 
-    from transferlab.config import CLASSICAL_HEADS
+    from transferlab.objective import CLASSICAL_HEADS
 
     missing = "not a transferlab training run (a sweep's parent? export one of its runs)"
     cfg = OmegaConf.load(_artifact(client, run, STAGE_CONFIG, scratch, missing))

@@ -19,13 +19,12 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from mlflow.artifacts import download_artifacts
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.loggers import Logger
 
-from transferlab.checkpointing import last_checkpoint_path, resumable_training
-from transferlab.config import CLASSICAL_HEADS, check_accelerator
+from transferlab.checkpointing import AtomicCheckpointIO, last_checkpoint_path, resumable_training
+from transferlab.config import check_accelerator, check_folds_fit_data
 from transferlab.data.module import TransferDataModule
 from transferlab.data.splits import Fold
 from transferlab.distributed import UnrecordedRun, barrier, is_global_zero
@@ -48,12 +47,13 @@ from transferlab.models.inference_cost import (
     inference_cost,
 )
 from transferlab.module import TransferModule
-from transferlab.objective import objective_value
+from transferlab.objective import CLASSICAL_HEADS, objective_value
 from transferlab.pruning import pruning_callbacks
 from transferlab.resume import CHECKPOINT_TAG, Resumption
 from transferlab.stage_configs import (
     config_key,
     derived_choices,
+    resolved,
     scratch_config,
     source_config,
     with_source_weights,
@@ -61,7 +61,7 @@ from transferlab.stage_configs import (
 from transferlab.tracking.artifacts import write_test_artifacts
 from transferlab.tracking.lightning_logger import TrackedRunLogger
 from transferlab.tracking.mlflow_run import TrackedRun, Tracker
-from transferlab.tracking.redaction import redacted
+from transferlab.tracking.redaction import recorded_experiment
 from transferlab.tracking.run_info import group_choices, log_config, run_name, run_tags, sweep_tags
 from transferlab.tracking.store import tracking_uri
 
@@ -110,17 +110,20 @@ def run_experiment(cfg: DictConfig) -> float:
     return objective(main, cfg.optimize_metric)
 
 
-def run_stages(cfg: DictConfig, choices: dict[str, str], tags: dict[str, str]) -> StageResult:
-    """[source stage] -> [scratch baseline] -> main stage (or its folds); returns the main."""
-    original, cfg = cfg, _resolved(cfg)
+def run_stages(composed: DictConfig, choices: dict[str, str], tags: dict[str, str]) -> StageResult:
+    """[source stage] -> [scratch baseline] -> main stage (or its folds); returns the main.
+    `composed` is the run's config with its interpolations unresolved: each derived stage
+    merges its own keys first and resolves after (see transferlab.stage_configs)."""
+    cfg = resolved(composed)
     check_accelerator(cfg.trainer.accelerator)
+    check_folds_fit_data(cfg)  # before any MLflow run exists
     share_cpus_between_workers()
-    experiment = redacted(cfg, original)  # what its runs record: no secret, no value of $ENV
+    experiment = recorded_experiment(composed)  # what its runs record: no secret, no $ENV value
     tracker = open_tracker(tracking_uri(cfg.tracking.uri), cfg.experiment_name, experiment)
     target_cfg, tags = cfg, dict(tags)
     if cfg.source:
-        weights, source_run_id = pretrain_source(cfg, tracker, choices)
-        target_cfg = with_source_weights(cfg, str(weights))
+        weights, source_run_id = pretrain_source(composed, tracker, choices)
+        target_cfg = with_source_weights(cfg, weights)
         tags["transferlab.source_run_id"] = source_run_id
     role = "transfer" if cfg.source else "finetune"
     if cfg.cv.folds:
@@ -129,7 +132,7 @@ def run_stages(cfg: DictConfig, choices: dict[str, str], tags: dict[str, str]) -
         return main
     results = []
     if cfg.compare_scratch:
-        scratch = scratch_config(cfg)
+        scratch = scratch_config(composed)
         results.append(run_stage(scratch, tracker, derived_choices(choices, scratch), "scratch"))
         tags["transferlab.baseline_run_id"] = results[0].run_id
     main = run_stage(target_cfg, tracker, choices, role, tags, baseline=next(iter(results), None))
@@ -172,15 +175,14 @@ def run_stage(
         if resume is None and is_global_zero():
             log_config(run, tracker, cfg, choices, role, stage_dir)
         backbone, data = build_backbone_and_data(cfg, fold)
+        run.set_tags({"transferlab.dataset_digest": data.dataset_digest})  # what it saw
         precision = resolve_precision(cfg.trainer.get("precision"))
         if cfg.head.name in CLASSICAL_HEADS:
-            features = split_features(cfg, backbone, data, precision, fold)
+            features = split_features(cfg, backbone, data, precision)
             metrics = fit_classical_head(cfg, run, features, data.class_names, stage_dir)
         else:
             checkpoint = resume.checkpoint if resume else None
-            metrics = fit_neural_head(
-                cfg, run, backbone, data, stage_dir, precision, fold, checkpoint
-            )
+            metrics = fit_neural_head(cfg, run, backbone, data, stage_dir, precision, checkpoint)
         if baseline is not None:
             comparison = compare_with(metrics, baseline)
             run.log_metrics(comparison)
@@ -195,7 +197,6 @@ def fit_neural_head(
     data: TransferDataModule,
     stage_dir: Path,
     precision: str,
-    fold: Fold | None,
     resume_from: Path | None = None,
 ) -> dict[str, float]:
     """Lightning fit (from `resume_from`, a last checkpoint, when resuming), then test with
@@ -205,7 +206,7 @@ def fit_neural_head(
     shape = image_shape(data.splits.test.dataset)  # read before features replace images
     trained = backbone
     if can_cache_features(cfg, backbone):
-        data.use_features(split_features(cfg, backbone, data, precision, fold))
+        data.use_features(split_features(cfg, backbone, data, precision))
         trained = FeaturesAsInput(backbone)
     module = build_module(cfg, trained, data.num_classes)
     trainer = build_trainer(cfg, TrackedRunLogger(run), stage_dir, precision)
@@ -322,6 +323,7 @@ def build_trainer(
         default_root_dir=str(stage_dir),
         enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
         use_distributed_sampler=False,
+        plugins=[AtomicCheckpointIO()],  # checkpoints renamed into place, never half-written
     )
 
 
@@ -332,40 +334,23 @@ def resolve_precision(precision: str | None) -> str:
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
-def pretrain_source(cfg: DictConfig, tracker: Tracker, choices: dict[str, str]):
-    """Trains the backbone on the source task, or reuses the run that already did."""
+def pretrain_source(cfg: DictConfig, tracker: Tracker, choices: dict[str, str]) -> tuple[str, str]:
+    """Trains the backbone on the source task, or reuses the run that already did. `cfg`
+    is the run's config as composed (see run_stages). Returns the source weights as the
+    MLflow URI the transfer stage loads and records (`runs:/<id>/backbone.pt`: the same
+    wherever and however often it is rerun), and the source run's id."""
     source_cfg = source_config(cfg)
     key = config_key(source_cfg)
     run_id = tracker.find_finished_run("transferlab.source_key", key)
     if run_id is None:
-        stage = run_stage(
-            source_cfg,
-            tracker,
-            derived_choices(choices, source_cfg),
-            "source",
-            {"transferlab.source_key": key},
-        )
-        run_id = stage.run_id
+        source_choices = derived_choices(choices, source_cfg)
+        tags = {"transferlab.source_key": key}
+        run_stage(source_cfg, tracker, source_choices, "source", tags)
+        barrier()  # under DDP, rank 0 has recorded the source run once every process is here
+        run_id = tracker.find_finished_run("transferlab.source_key", key)
     elif is_global_zero():
         print(f"Reusing source run {run_id} (its config is unchanged).")
-    target = Path(cfg.output_dir) / "source_weights"
-    if is_global_zero():
-        target.mkdir(parents=True, exist_ok=True)
-        download_artifacts(
-            run_id=run_id,
-            artifact_path=SOURCE_WEIGHTS,
-            dst_path=str(target),
-            tracking_uri=tracker.uri,
-        )
-    barrier()  # under DDP the others load what rank 0 downloaded (the output folder is shared)
-    return target / SOURCE_WEIGHTS, run_id
-
-
-# --- derived configs -------------------------------------------------------------------
-
-
-def _resolved(cfg: DictConfig) -> DictConfig:
-    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    return f"runs:/{run_id}/{SOURCE_WEIGHTS}", run_id
 
 
 def final_metrics(trainer: pl.Trainer) -> dict[str, float]:

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 
 from transferlab.errors import UserError, one_of
 from transferlab.objective import (
-    BOOKKEEPING_KEYS,
     GROUPS,
+    changes_result,
     lower_is_better,
     objective_value,
     overrides_as_params,
@@ -35,9 +35,9 @@ if TYPE_CHECKING:
 
 MAIN_ROLES = ("finetune", "transfer", "finetune-cv", "transfer-cv")
 FAILED_JOB_ROLE = "failed-job"  # see transferlab.tracking.sweep.record_failed_job
-# Params that say where results go, or that follow from a group choice (`role` from
-# `source`): never shown as swept, even when they differ.
-NOT_SWEPT = (*BOOKKEEPING_KEYS, "role")
+# A param that follows from a group choice (`role` from `source`): never shown as swept.
+# Neither are the keys that cannot change a result (objective.changes_result).
+DERIVED_PARAMS = ("role",)
 DEFAULT_METRIC = "val/acc"
 FINAL_METRICS = ("test/acc", "test/loss", "scratch/test/acc")
 MAIN_STATUSES = ("FINISHED", "FAILED", "PRUNED")
@@ -233,13 +233,14 @@ def _rank(status: str, value: float | None, lower: bool) -> tuple[bool, bool, fl
 
 def varying_columns(rows: list[RunRow]) -> list[str]:
     """The group choices that vary, then the params that were swept: those that vary and
-    are neither bookkeeping nor fixed by their group's choice (`freeze.name` by `freeze`)."""
+    can change a result and are not fixed by their group's choice (`freeze.name` by `freeze`)."""
     choices = [group for group in GROUPS if _varies(rows, group)]
     keys = {key for row in rows for key in row.params} - set(GROUPS)
     swept = [
         key
         for key in sorted(keys)
-        if key.split(".")[0] not in NOT_SWEPT
+        if key not in DERIVED_PARAMS
+        and changes_result(key)
         and _varies(rows, key)
         and not _fixed_by_choice(rows, key)
     ]

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from transferlab.errors import UserError
-from transferlab.objective import GROUPS
+from transferlab.objective import GROUPS, changes_result
 from transferlab.tracking.redaction import refuse_redacted_secrets
 
 COMPARED = ("test/acc", "test/loss", "val/acc_best")
@@ -55,7 +55,8 @@ def rerun(run_id: str, tracking_uri: str | None = None, output_dir: str | None =
     )
     choices = {g: v for g, v in original.data.params.items() if g in GROUPS}
     new = run_stages(cfg, choices, {"transferlab.rerun_of": run_id})
-    return _report(original.data.metrics, new.metrics, new.run_id)
+    changed = changed_params(original.data.params, client.get_run(new.run_id).data.params)
+    return _report(original.data.metrics, new.metrics, new.run_id) and not changed
 
 
 def _warn_if_code_changed(recorded: str | None) -> None:
@@ -71,6 +72,16 @@ def _warn_if_code_changed(recorded: str | None) -> None:
             f"{current[:12]}: results may differ",
             file=sys.stderr,
         )
+
+
+def changed_params(original: dict[str, str], new: dict[str, str]) -> list[str]:
+    """The params that can change a result (objective.changes_result) and differ between
+    the run and its rerun, each printed: the rerun did not run the recorded config."""
+    keys = sorted(k for k in original.keys() | new.keys() if changes_result(k))
+    changed = [k for k in keys if original.get(k) != new.get(k)]
+    for key in changed:
+        print(f"  config {key}: {original.get(key)} -> {new.get(key)}  DIFFERS")
+    return changed
 
 
 def _report(original: dict[str, float], new: dict[str, float], new_run_id: str) -> bool:

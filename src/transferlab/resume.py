@@ -12,10 +12,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.errors import RunStopped, UserError
-from transferlab.objective import BOOKKEEPING_KEYS, GROUPS, overrides_as_params
+from transferlab.objective import GROUPS, changes_result
+from transferlab.stage_configs import stage_config
 
-# What may change on resume: where results go and how often checkpoints are written.
-RESUME_MAY_SET = (*BOOKKEEPING_KEYS, "resume", "checkpoint", "callbacks.progress_bar", "hydra")
 RUN_ID_KEY = "run_id"  # saved in every checkpoint (see ResumableTraining)
 CHECKPOINT_TAG = "transferlab.last_checkpoint"  # a run's last.ckpt, set when it trains
 
@@ -49,21 +48,40 @@ class Resumption:
     choices: dict[str, str]
 
 
-def refuse_changing_overrides(overrides: list[str], target: str) -> None:
-    """Overrides beyond bookkeeping would make the resumed run differ from the one that
-    started: named, with what may be set instead."""
-    changing = [
-        key
-        for key in overrides_as_params(overrides)
-        if not any(key == k or key.startswith(f"{k}.") for k in RESUME_MAY_SET)
-    ]
-    deleted = [o[1:] for o in overrides if o.startswith("~") and o[1:] not in RESUME_MAY_SET]
-    if changing or deleted:
-        raise UserError(
-            f"resume={target} continues a recorded run with its recorded config; "
-            f"{', '.join(changing + deleted)} would change its result. With resume only "
-            f"these may be set: {', '.join(RESUME_MAY_SET)}"
-        )
+def refuse_changing_overrides(
+    overrides: list[str], cfg: DictConfig, resumption: Resumption, target: str
+) -> None:
+    """The same command with `resume=` added is accepted: an override equal to what the run
+    recorded changes nothing. One that differs, on a key that changes results (see
+    objective.NOT_RESULT_KEYS), would make the resumed run differ from the one that
+    started: refused, naming the key, the recorded value and the new one."""
+    weights = resumption.config.backbone.get("weights_path")
+    command = stage_config(cfg, resumption.role, weights)  # what this command would train
+    for override in overrides:
+        key = override.partition("=")[0].lstrip("+~")
+        if not changes_result(key):
+            continue
+        recorded = _value_at(resumption.config, key)
+        new = _value_at(command, key)
+        if new != recorded:
+            raise UserError(
+                f"resume={target}: {key}={_shown(new)} differs from the run's recorded "
+                f"{key}={_shown(recorded)}; a resumed run keeps its recorded config (drop "
+                f"the override, or start a new run without resume)"
+            )
+
+
+_ABSENT = object()
+
+
+def _value_at(cfg: DictConfig, key: str):
+    """The plain value (a dict or list for a node) at dotted `key`, or _ABSENT."""
+    value = OmegaConf.select(cfg, key, default=_ABSENT)
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def _shown(value) -> str:
+    return "(absent)" if value is _ABSENT else repr(value)
 
 
 def find_resumption(target: str, tracking_uri: str) -> Resumption:
@@ -98,6 +116,11 @@ def find_resumption(target: str, tracking_uri: str) -> Resumption:
         raise UserError(f"resume={target}: runs of cross-validation folds cannot be resumed")
     refuse_redacted_secrets(f"resume {run_id}", config)
     checkpoint = path if is_file else _last_checkpoint(target, run.data.tags)
+    if not is_file and _run_of_checkpoint(checkpoint) != run_id:  # read whole, checked early
+        raise UserError(
+            f"resume={target}: {checkpoint} now holds another run's checkpoint; pass "
+            "resume=<path to this run's last.ckpt>"
+        )
     choices = {g: v for g, v in run.data.params.items() if g in GROUPS}
     return Resumption(run_id, checkpoint, config, run.data.tags["transferlab.role"], choices)
 

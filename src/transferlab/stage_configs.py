@@ -1,5 +1,10 @@
 """The configs of the stages a run derives from its own: the source stage it pretrains on,
-and the scratch baseline it is compared with. Plain config edits: no torch here."""
+and the scratch baseline it is compared with. Plain config edits: no torch here.
+
+Each is derived from the run's config as composed (interpolations unresolved), merged with
+its own keys (`source.*`, `scratch.*`), and only then resolved: a value that follows
+another (a cosine schedule's `T_max: ${trainer.max_epochs}`) follows the stage's own.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,33 @@ import hashlib
 
 from omegaconf import DictConfig, OmegaConf
 
-from transferlab.config import CLASSICAL_HEADS
-from transferlab.objective import BOOKKEEPING_KEYS
+from transferlab.objective import CLASSICAL_HEADS, changes_result
+
+
+def resolved(cfg: DictConfig) -> DictConfig:
+    """A plain copy with every interpolation replaced by its value."""
+    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+
+
+def derived_stages(cfg: DictConfig) -> dict[str, DictConfig]:
+    """The derived stages the run will train, by role, resolved (for validation)."""
+    stages = {}
+    if cfg.source:
+        stages["source"] = source_config(cfg)
+    if cfg.compare_scratch:
+        stages["scratch"] = scratch_config(cfg)
+    return stages
+
+
+def stage_config(cfg: DictConfig, role: str, weights_path: str | None = None) -> DictConfig:
+    """The resolved config this run's `role` stage trains with; a transfer stage loads the
+    source weights from `weights_path`."""
+    if role == "source":
+        return source_config(cfg)
+    if role == "scratch":
+        return scratch_config(cfg)
+    main = resolved(cfg)
+    return with_source_weights(main, weights_path) if role == "transfer" else main
 
 
 def source_config(cfg: DictConfig) -> DictConfig:
@@ -17,17 +47,21 @@ def source_config(cfg: DictConfig) -> DictConfig:
     source = _single_stage(cfg)
     source.head = {"name": "linear", "dropout": 0.0}
     _train_everything(source)
-    return OmegaConf.merge(source, cfg.source)
+    return resolved(OmegaConf.merge(source, cfg.source))
 
 
 def scratch_config(cfg: DictConfig) -> DictConfig:
-    """The same model on the same target data from random weights. A neural head trains
-    with the whole network; a scikit-learn head is fitted on the random network's features."""
+    """The same model on the same target data from random weights, with its own budget
+    (`scratch.*`: by default a generous epoch cap, ended by early stopping): a baseline
+    trained as well as it can be, not on the transferred model's short schedule. A neural
+    head trains with the whole network; a scikit-learn head is fitted on the random
+    network's features."""
     scratch = _single_stage(cfg)
     if cfg.head.name not in CLASSICAL_HEADS:
         _train_everything(scratch)
     scratch.regularizer = {"name": "none"}  # there is no source to stay close to
-    return with_source_weights(scratch, None)
+    merged = OmegaConf.merge(scratch, cfg.scratch)
+    return resolved(with_source_weights(merged, None))
 
 
 def with_source_weights(cfg: DictConfig, weights_path: str | None) -> DictConfig:
@@ -46,7 +80,9 @@ def with_source_weights(cfg: DictConfig, weights_path: str | None) -> DictConfig
 def _single_stage(cfg: DictConfig) -> DictConfig:
     """A copy that runs one stage alone: no source stage, no baseline, no folds."""
     single = cfg.copy()
+    OmegaConf.set_struct(single, False)  # as composed, Hydra's config takes no new keys
     single.source = {}
+    single.scratch = {}
     single.compare_scratch = False
     single.cv.folds = None
     single.pop("optuna", None)  # only the main stage reports to an Optuna trial
@@ -62,11 +98,24 @@ def _train_everything(cfg: DictConfig) -> None:
 
 
 def config_key(cfg: DictConfig) -> str:
-    """Identifies what a config computes (not where it is written)."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    for key in BOOKKEEPING_KEYS:
-        container.pop(key, None)
-    return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(container)).encode()).hexdigest()[:16]
+    """Identifies what a config computes, not where it is written or how it is shown: the
+    keys of objective.NOT_RESULT_KEYS are left out."""
+    return hashlib.sha256(OmegaConf.to_yaml(result_keys(cfg)).encode()).hexdigest()[:16]
+
+
+def result_keys(cfg: DictConfig) -> DictConfig:
+    """The resolved config without the keys that cannot change a result."""
+    return OmegaConf.create(_result_tree(OmegaConf.to_container(cfg, resolve=True), ""))
+
+
+def _result_tree(tree: dict, prefix: str) -> dict:
+    kept = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if not changes_result(dotted):
+            continue
+        kept[key] = _result_tree(value, f"{dotted}.") if isinstance(value, dict) else value
+    return kept
 
 
 def derived_choices(choices: dict[str, str], cfg: DictConfig) -> dict[str, str]:

@@ -15,7 +15,7 @@ import os
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from hydra_plugins.transferlab_optuna._study import (
     trials_in,
 )
 from transferlab.errors import UserError, one_of
+from transferlab.objective import direction
 from transferlab.tracking.sweep import PARENT_RUN_ENV
 
 DIRECTIONS = ("maximize", "minimize")
@@ -54,7 +55,7 @@ RESULTS_FILE = "optimization_results.yaml"
 class Settings:
     """hydra.sweeper, checked (see conf/hydra/sweeper/optuna.yaml for what each key does)."""
 
-    direction: str = "maximize"
+    direction: str | None = None  # None: follows optimize_metric (objective.direction)
     n_trials: int = 20
     n_jobs: int = 1
     sampler: str = "tpe"
@@ -80,7 +81,8 @@ class Settings:
         return settings
 
     def check(self) -> None:
-        check_choice("direction", self.direction, DIRECTIONS)
+        if self.direction is not None:
+            check_choice("direction", self.direction, DIRECTIONS)
         pick(SAMPLERS, "sampler", self.sampler)
         pick(PRUNERS, "pruner", self.pruner)
         for key in ("n_trials", "n_jobs"):
@@ -93,6 +95,20 @@ class Settings:
             raise UserError(f"hydra.sweeper.seed={self.seed!r} must be a whole number or null")
 
 
+def _with_direction(settings: Settings, metric: str) -> Settings:
+    """The study's direction is the objective's (derived from `optimize_metric`, as the
+    sweep's parent and the report derive it); a contradicting one is refused before any
+    trial runs."""
+    derived = direction(metric)
+    if settings.direction not in (None, derived):
+        raise UserError(
+            f"hydra.sweeper.direction={settings.direction} contradicts "
+            f"optimize_metric={metric!r}, which is {derived}d; leave hydra.sweeper.direction "
+            "unset (it follows optimize_metric)"
+        )
+    return replace(settings, direction=derived)
+
+
 class OptunaSweep:
     def __init__(
         self,
@@ -101,7 +117,7 @@ class OptunaSweep:
         hydra_context: HydraContext,
         launcher: Launcher,
     ) -> None:
-        self.settings = Settings.parse(settings)
+        self.settings = _with_direction(Settings.parse(settings), config.optimize_metric)
         self.config = config
         self.parser = OverridesParser.create(config_loader=hydra_context.config_loader)
         self.launcher = launcher

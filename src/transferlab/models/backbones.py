@@ -10,7 +10,9 @@ a `Backbone`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.error import URLError
@@ -143,17 +145,17 @@ def check_architecture(arch: str, weights: str | None = None) -> None:
 def load_weights_file(network: nn.Module, path: str, classifier: str, arch: str) -> None:
     """Loads a local state dict into `network`, fitting the classifier to the file's classes.
 
-    `path` may be an MLflow URI (see `resolve_weights_path`). Loaded with weights_only=True:
+    `path` may be an MLflow URI (see `local_weights_file`). Loaded with weights_only=True:
     a file that needs pickle to load is refused unread.
     """
-    local = resolve_weights_path(path)
-    if not os.path.isfile(local):
-        raise UserError(f"backbone.weights_path={path} does not exist; pass a state dict file")
-    state = load_tensors(
-        local,
-        f"backbone.weights_path={path}",
-        "save a plain state dict: torch.save(model.state_dict(), path)",
-    )
+    with local_weights_file(path) as local:
+        if not os.path.isfile(local):
+            raise UserError(f"backbone.weights_path={path} does not exist; pass a state dict file")
+        state = load_tensors(
+            local,
+            f"backbone.weights_path={path}",
+            "save a plain state dict: torch.save(model.state_dict(), path)",
+        )
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -174,29 +176,35 @@ def load_weights_file(network: nn.Module, path: str, classifier: str, arch: str)
         )
 
 
-def resolve_weights_path(path: str) -> str:
-    """A local path as given; an MLflow `runs:/` or `models:/` URI downloaded to a local file.
+@contextmanager
+def local_weights_file(path: str) -> Iterator[str]:
+    """A local path as given; an MLflow `runs:/` or `models:/` URI downloaded to a temporary
+    file, removed after use (a sweep of transfer runs would otherwise fill /tmp).
 
     Every transferlab run logs `backbone.pt`, so `runs:/<run_id>/backbone.pt` starts from the
     weights another run trained. The store is MLflow's current one ($MLFLOW_TRACKING_URI).
     """
     if not path.startswith(MLFLOW_URI_SCHEMES):
-        return path
+        yield path
+        return
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
     from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
 
     uri = path
-    try:
-        if path.startswith("models:/"):
-            # The version's own source: one registered from a single file
-            # (runs:/<id>/backbone.pt) downloads as an empty folder through its models:/ URI.
-            uri = ModelsArtifactRepository.get_underlying_uri(path)
-        local = download_artifacts(artifact_uri=uri)
-    except (MlflowException, OSError) as err:
-        reason = str(err).partition("\n")[0]
-        raise UserError(f"backbone.weights_path={path} could not be resolved: {reason}") from err
-    return local if os.path.isfile(local) else _single_weights_file(path, Path(local))
+    with tempfile.TemporaryDirectory(prefix="transferlab-weights-") as folder:
+        try:
+            if path.startswith("models:/"):
+                # The version's own source: one registered from a single file
+                # (runs:/<id>/backbone.pt) downloads as an empty folder through its models:/ URI.
+                uri = ModelsArtifactRepository.get_underlying_uri(path)
+            local = download_artifacts(artifact_uri=uri, dst_path=folder)
+        except (MlflowException, OSError) as err:
+            reason = str(err).partition("\n")[0]
+            raise UserError(
+                f"backbone.weights_path={path} could not be resolved: {reason}"
+            ) from err
+        yield local if os.path.isfile(local) else _single_weights_file(path, Path(local))
 
 
 def _single_weights_file(uri: str, folder: Path) -> str:

@@ -28,6 +28,7 @@ SECRET_NAMES = (
     "credential",
 )
 REDACTED = "<redacted>"
+_REFERENCE = re.compile(r"\$\{\.*[\w-]+(\.[\w-]+)*\}")  # ${a.b}, ${..a}: no resolver
 _READS_ENV = re.compile(r"\$\{\s*oc\.env\s*:")
 # All a secret may be recorded as: one variable, no default (a default would be a literal).
 _ENV_VARIABLE = re.compile(r"""(['"]?)\$\{\s*oc\.env\s*:\s*\w+\s*(,\s*null\s*)?\}\1""")
@@ -69,6 +70,16 @@ def redacted(cfg: DictConfig, original: DictConfig) -> DictConfig:
         OmegaConf.to_container(original), OmegaConf.to_container(original, resolve=True)
     )
     return OmegaConf.create(_redact(OmegaConf.to_container(cfg, resolve=True), from_env))
+
+
+def recorded_experiment(composed: DictConfig) -> DictConfig:
+    """The whole invocation's config as a rerun needs it: references between its own keys
+    (`${trainer.max_epochs}`) kept, so that derived stages resolve them after their merge
+    as the first run did; every other interpolation (`${hydra:...}`) resolved; redacted."""
+    raw = OmegaConf.to_container(composed)
+    values = OmegaConf.to_container(composed, resolve=True)
+    from_env = _env_expressions(raw, values)
+    return OmegaConf.create(_redact(_keep_references(raw, values), from_env))
 
 
 def redacted_sweep_config(config: DictConfig) -> DictConfig:
@@ -118,6 +129,14 @@ def _env_expressions(raw: Any, resolved: Any, key: str = "") -> dict[tuple[str, 
             found.update(_env_expressions(value, resolved[name], str(name)))
         return found
     return {(key, repr(resolved)): raw} if _READS_ENV.search(str(raw)) else {}
+
+
+def _keep_references(raw: Any, values: Any) -> Any:
+    """`values`, with each leaf that `raw` gives as a plain reference to another key kept."""
+    if isinstance(raw, dict):
+        return {key: _keep_references(value, values[key]) for key, value in raw.items()}
+    is_reference = isinstance(raw, str) and _REFERENCE.fullmatch(raw)
+    return raw if is_reference else values
 
 
 def _redact(tree: Any, from_env: dict[tuple[str, str], Any], path: tuple[str, ...] = ()) -> Any:
