@@ -10,6 +10,7 @@ from pathlib import Path
 
 import data_loading
 import feature_cache
+import memory
 import per_trial
 import startup
 import throughput
@@ -24,6 +25,7 @@ def main() -> None:
         *throughput.records(),
         *startup.records(),
         *per_trial.records(),
+        *memory.records(),
         *tracking_overhead.records(),
         *feature_cache.records(),
         *data_loading.records(),
