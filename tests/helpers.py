@@ -55,6 +55,15 @@ class InterruptAfterFirstEpoch(pl.Callback):
         raise KeyboardInterrupt
 
 
+class PrunedAfterFirstEpoch(pl.Callback):
+    """Stands in for an Optuna pruner stopping a poor trial: the pipeline's own exception."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        from transferlab.pruning import TrialPruned
+
+        raise TrialPruned(f"pruned at epoch {trainer.current_epoch}")
+
+
 class FailAfterFirstEpoch(pl.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         raise RuntimeError("disk on fire")

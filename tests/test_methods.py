@@ -214,7 +214,7 @@ def test_unknown_regularizer_is_a_composition_error(make_config):
         ["regularizer=l2_sp"],
         ["regularizer=kl_source"],
         ["regularizer=kl_source", "regularizer.target=features"],
-        ["freeze=gradual", "freeze.milestones=[0,1]", "freeze.warmup_epochs=1"],
+        ["regularizer=kl_source", "regularizer.target=features", "regularizer.distance=cosine"],
         ["head=mlp", "loss.label_smoothing=0.1", "augment.mixup_alpha=0.2"],
         ["augment.mixup_alpha=0.2", "augment.cutmix_alpha=1.0"],
     ],
@@ -224,7 +224,7 @@ def test_methods_run_end_to_end_and_log_their_penalty(train, runs, overrides):
     (run,) = runs()
     assert run.info.status == "FINISHED"
     if overrides[0].startswith("regularizer"):
-        assert run.data.metrics["train/reg"] >= 0
+        assert run.data.metrics["train/reg"] > 0  # the weights moved away from the source
 
 
 def test_k_fold_children_and_a_parent_with_mean_and_std(train, runs):
@@ -239,7 +239,6 @@ def test_k_fold_children_and_a_parent_with_mean_and_std(train, runs):
     accs = [c.data.metrics["test/acc"] for c in children]
     assert parent.data.metrics["test/acc"] == pytest.approx(sum(accs) / 3)
     assert parent.data.metrics["test/acc_std"] == pytest.approx(float(np.std(accs, ddof=1)))
-    assert len({c.data.metrics["val/acc_best"] for c in children}) >= 1
     assert all(r.info.status == "FINISHED" for r in found)
 
 

@@ -10,14 +10,12 @@ import sys
 
 import pytest
 import torch
-from hydra.core.global_hydra import GlobalHydra
 from pytorch_lightning.strategies import SingleDeviceStrategy
 
 from tests.conftest import FAST
 from transferlab.errors import TrainingDiverged
 from transferlab.module import NonFiniteLossGuard
 from transferlab.pipeline import build_backbone_and_data, build_module, build_trainer
-from transferlab.tracking.sweep import PARENT_RUN_ENV
 
 DIVERGES = "optimizer.lr=1e30"  # AdamW's first step throws the weights to ~1e30
 FIRST_NAN = "the training loss is nan at global step 1 (epoch 0)"
@@ -67,37 +65,9 @@ def test_on_a_gpu_the_run_fails_at_the_end_of_the_epoch_naming_the_first_bad_ste
     assert "TrainingDiverged: the training loss is" in run.data.tags["error"]
 
 
-def test_in_a_sweep_the_diverging_trial_fails_and_the_sweep_goes_on(
-    tracking_uri, feature_cache_dir, experiment, runs, client, tmp_path, monkeypatch, capsys
-):
+def test_in_a_sweep_the_diverging_trial_fails_and_the_sweep_goes_on(multirun, runs, capsys):
     """A real in-process multirun (Hydra's basic launcher), as `transferlab-train -m`."""
-    from transferlab.train import main
-
-    client.create_experiment(experiment, artifact_location=str(tmp_path / "artifacts"))
-
-    monkeypatch.delenv(PARENT_RUN_ENV, raising=False)  # and unset again whatever happens
-    monkeypatch.setattr(
-        sys,
-        "argv",
-        [
-            "transferlab-train",
-            "-m",
-            "optimizer.lr=1e-3,1e30",
-            *FAST,
-            "trainer.max_epochs=1",
-            f"tracking.uri='{tracking_uri}'",
-            f"feature_cache.dir='{feature_cache_dir}'",
-            f"experiment_name={experiment}",
-            f"hydra.sweep.dir='{tmp_path}'",
-            "hydra/job_logging=none",  # leave the test session's logging as it is
-            "hydra/hydra_logging=none",
-        ],
-    )
-    GlobalHydra.instance().clear()
-    with pytest.raises(SystemExit) as exited:
-        main()
-    GlobalHydra.instance().clear()
-    assert exited.value.code == 1  # the multirun's exit code says that a job failed
+    assert multirun("optimizer.lr=1e-3,1e30", "trainer.max_epochs=1") == 1  # a job failed
     assert "2 jobs (1 failed, 1 finished)" in capsys.readouterr().out
     (parent,) = [r for r in runs() if r.data.tags.get("transferlab.role") == "sweep"]
     assert parent.info.status == "FINISHED"

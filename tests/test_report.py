@@ -1,5 +1,6 @@
-"""transferlab.report: a real sweep (2 learning rates x 2 seeds, one failed job) read back
-from a real MLflow store, run selection, errors, and a `--help` without heavy imports."""
+"""transferlab.report on runs the pipeline made: a real multirun (2 learning rates x 2 seeds,
+failed jobs of both kinds), an experiment of every run role, errors, and a `--help` without
+heavy imports."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import numpy as np
 import pytest
 
 from transferlab import report
-from transferlab.errors import UserError
+from transferlab.errors import RunStopped
 
 LRS = ("0.003", "0.03")
+DIVERGES = "1e30"  # AdamW's first step throws the weights to ~1e30: the loss turns NaN
+INVALID = "-1"  # refused by validation, before the job's run exists
 SEEDS = ("0", "1")
+THREE_CLASSES = "dataset.classes=[0,1,2]"
 RUNS = "Runs (best first)"
 SEEDS_TABLE = "Mean ± std over seeds (best first)"
 
@@ -28,40 +32,15 @@ def tables(markdown: str) -> dict[str, list[dict[str, str]]]:
     return found
 
 
-def logged_run(client, experiment_id: str, role: str, status: str = "FINISHED", **values) -> str:
-    """A run made with MlflowClient alone; `values`: metrics, params, tags."""
-    tags = {"transferlab.role": role, **values.get("tags", {})}
-    run_id = client.create_run(experiment_id, tags=tags).info.run_id
-    for key, value in values.get("metrics", {}).items():
-        client.log_metric(run_id, key, value)
-    for key, value in values.get("params", {}).items():
-        client.log_param(run_id, key, value)
-    client.set_terminated(run_id, status)
-    return run_id
-
-
 @pytest.fixture
-def sweep(train, make_config, client, experiment, tmp_path, monkeypatch) -> str:
-    """A sweep's parent run and its jobs, trained for real; returns the parent's id."""
-    experiment_id = client.get_experiment_by_name(experiment).experiment_id  # by make_config
-    parent = client.create_run(
-        experiment_id, run_name="lr-sweep", tags={"transferlab.role": "sweep"}
-    )
-    monkeypatch.setenv("TRANSFERLAB_PARENT_RUN_ID", parent.info.run_id)
-    for lr in LRS:
-        for seed in SEEDS:
-            train(f"optimizer.lr={lr}", f"seed={seed}", "dataset.classes=[0,1,2]")
-    with pytest.raises(UserError):  # fails after logging its params: a FAILED run
-        train(f"optimizer.lr={LRS[0]}", "dataset=image_folder", f"dataset.root={tmp_path}/none")
-    # A job that failed before its run existed: the sweep records it, with no role or params.
-    tags = {
-        "mlflow.parentRunId": parent.info.run_id,
-        "transferlab.overrides": "optimizer.lr=0.3",
-        "transferlab.role": "failed-job",
-    }
-    early = client.create_run(experiment_id, run_name="failed-job", tags=tags).info.run_id
-    client.set_terminated(early, "FAILED")
-    client.set_terminated(parent.info.run_id)
+def sweep(multirun, runs) -> str:
+    """A real multirun: 2 learning rates x 2 seeds that train, 2 jobs that diverge (FAILED
+    runs with their params) and 2 that fail validation before their run exists (recorded by
+    the sweep as role failed-job). Returns the parent run's id."""
+    lrs = ",".join([*LRS, DIVERGES, INVALID])
+    swept = [f"optimizer.lr={lrs}", f"seed={','.join(SEEDS)}"]
+    assert multirun(*swept, THREE_CLASSES, "freeze=linear_probe") == 1  # jobs failed: exit 1
+    (parent,) = [r for r in runs() if r.data.tags["transferlab.role"] == "sweep"]
     return parent.info.run_id
 
 
@@ -73,10 +52,10 @@ def test_a_sweep_report_holds_each_run_best_first_and_the_mean_over_seeds(
     for name in ("val_curves.png", "objective_vs_optimizer.lr.png"):
         assert (path.parent / name).stat().st_size > 0, name
     assert not (path.parent / "objective_vs_seed.png").exists()  # seeds are not a setting
-    assert not (path.parent / "choices_dataset.png").exists()  # one dataset scored: no bars
+    assert not list(path.parent.glob("choices_*.png"))  # no group choice varies: no bars
     text = path.read_text()
     assert text.startswith(
-        f"# Report: lr-sweep (run {sweep})\n\n6 runs: 4 finished, 2 failed, 0 pruned"
+        f"# Report: sweep-sweep (run {sweep})\n\n8 runs: 4 finished, 4 failed, 0 pruned"
     )
 
     rows = tables(text)[RUNS]
@@ -84,31 +63,38 @@ def test_a_sweep_report_holds_each_run_best_first_and_the_mean_over_seeds(
         "run",
         "run id",
         "status",
-        "dataset",
         "optimizer.lr",
         "seed",
         "val/acc (objective)",
         "test/acc",
         "test/loss",
     ]
-    early = next(row for row in rows if row["run"] == "failed-job")
-    assert (early["status"], early["optimizer.lr"], early["seed"]) == ("FAILED", "0.3", "")
+    assert [r["status"] for r in rows] == ["FINISHED"] * 4 + ["FAILED"] * 4
+    early = [row for row in rows if row["run"] == "failed-job"]
+    assert sorted((r["optimizer.lr"], r["seed"]) for r in early) == [(INVALID, s) for s in SEEDS]
     for row in rows:
-        if row is early:
+        if row in early:
+            assert row["val/acc (objective)"] == row["test/acc"] == row["test/loss"] == ""
             continue
         run = client.get_run(row["run id"])
         assert row["status"] == run.info.status
-        assert row["optimizer.lr"] == run.data.params["optimizer.lr"]
+        assert (row["optimizer.lr"], row["seed"]) == (
+            run.data.params["optimizer.lr"],
+            run.data.params["seed"],
+        )
         metrics = run.data.metrics
-        for column, key in [("val/acc (objective)", "val/acc_best"), ("test/acc", "test/acc")]:
-            assert row[column] == (f"{metrics[key]:.4f}" if key in metrics else "")
-        assert row["test/loss"] == (f"{metrics['test/loss']:.4f}" if metrics else "")
-    assert [r["status"] for r in rows] == ["FINISHED"] * 4 + ["FAILED"] * 2
+        for column, key in [
+            ("val/acc (objective)", "val/acc_best"),
+            ("test/acc", "test/acc"),
+            ("test/loss", "test/loss"),
+        ]:
+            assert row[column] == (f"{metrics[key]:.4f}" if key in metrics else ""), column
+    assert {r["optimizer.lr"] for r in rows if r["status"] == "FAILED"} == {"1e+30", INVALID}
     objectives = [float(r["val/acc (objective)"]) for r in rows[:4]]
     assert objectives == sorted(objectives, reverse=True)
 
     means = tables(text)[SEEDS_TABLE]
-    assert [(r["dataset"], r["n"]) for r in means] == [("digits", "2")] * 2
+    assert sorted((r["optimizer.lr"], r["n"]) for r in means) == [(lr, "2") for lr in LRS]
     finished = [client.get_run(r["run id"]).data for r in rows[:4]]
     for row in means:
         seeds = [r.metrics for r in finished if r.params["optimizer.lr"] == row["optimizer.lr"]]
@@ -128,35 +114,50 @@ def test_a_sweep_report_holds_each_run_best_first_and_the_mean_over_seeds(
 
 
 def test_an_experiment_report_keeps_main_runs_and_ranks_by_the_chosen_metric(
-    client, experiment, tracking_uri, tmp_path
+    train, runs, client, experiment, tracking_uri, tmp_path
 ):
-    experiment_id = client.create_experiment(experiment)
-    worst = logged_run(client, experiment_id, "finetune", metrics={"test/loss": 0.3})
-    best = logged_run(client, experiment_id, "transfer", metrics={"test/loss": 0.1})
-    cv = logged_run(client, experiment_id, "finetune-cv", metrics={"test/loss": 0.2})
-    logged_run(client, experiment_id, "finetune", tags={"mlflow.parentRunId": cv})  # a fold
-    for role in ("source", "scratch", "sweep"):
-        logged_run(client, experiment_id, role, metrics={"test/loss": 0.0})
-    pruned = logged_run(
-        client, experiment_id, "finetune", "KILLED", tags={"transferlab.pruned": "true"}
+    train(THREE_CLASSES, "compare_scratch=true")  # + scratch
+    train(THREE_CLASSES, "cv.folds=2", "dataset.val_fraction=0.3")  # finetune-cv + 2 folds
+    train(
+        "source.trainer.max_epochs=1", "compare_scratch=false", config_name="digits_transfer"
+    )  # source + transfer
+    with pytest.raises(RunStopped):
+        train(THREE_CLASSES, "+callbacks.prune._target_=tests.helpers.PrunedAfterFirstEpoch")
+    by_role: dict[str, list] = {}
+    for run in runs():
+        by_role.setdefault(run.data.tags["transferlab.role"], []).append(run)
+    assert sorted((role, len(found)) for role, found in by_role.items()) == [
+        ("finetune", 4),  # the plain run, 2 folds, the pruned run
+        ("finetune-cv", 1),
+        ("scratch", 1),
+        ("source", 1),
+        ("transfer", 1),
+    ]
+    pruned = next(r for r in by_role["finetune"] if r.info.status == "KILLED")
+    assert pruned.data.tags["transferlab.pruned"] == "true"
+    main = [*by_role["finetune-cv"], *by_role["transfer"]]
+    main += [r for r in by_role["finetune"] if "mlflow.parentRunId" not in r.data.tags]
+    finished = sorted(
+        (r for r in main if r is not pruned), key=lambda r: r.data.metrics["test/loss"]
     )
 
     path = report.write_report(experiment, tmp_path, tracking_uri, metric="test/loss")
     text = path.read_text()
     assert "4 runs: 3 finished, 0 failed, 1 pruned" in text
     rows = tables(text)[RUNS]
-    assert [r["run id"] for r in rows] == [best, cv, worst, pruned]
-    assert [r["test/loss (objective)"] for r in rows] == ["0.1000", "0.2000", "0.3000", ""]
+    assert [r["run id"] for r in rows] == [r.info.run_id for r in [*finished, pruned]]
+    assert [r["test/loss (objective)"] for r in rows] == [
+        *(f"{r.data.metrics['test/loss']:.4f}" for r in finished),
+        "",
+    ]
     assert rows[3]["status"] == "PRUNED"
     assert SEEDS_TABLE not in text  # one seed: nothing to average
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md"]  # no curves logged
+    assert (tmp_path / "val_curves.png").stat().st_size > 0
 
 
-def test_bad_arguments_stop_with_one_clear_line(client, experiment, tracking_uri, tmp_path, capsys):
-    experiment_id = client.create_experiment(experiment)
-    lonely = logged_run(client, experiment_id, "sweep")
-    logged_run(client, experiment_id, "source")
-
+def test_bad_arguments_stop_with_one_clear_line(
+    make_config, train, runs, experiment, tracking_uri, tmp_path, capsys
+):
     def error(*args: str, uri: str = tracking_uri) -> str:
         with pytest.raises(SystemExit) as stopped:
             report.main([*args, "--out", str(tmp_path), "--tracking-uri", uri])
@@ -166,24 +167,25 @@ def test_bad_arguments_stop_with_one_clear_line(client, experiment, tracking_uri
 
     assert error("nope").startswith(f"error: 'nope' is no experiment or run id in {tracking_uri}")
     assert error("0" * 32).startswith("error: '00000000000000000000000000000000' is no experiment")
-    logged_run(client, experiment_id, "scratch", tags={"mlflow.parentRunId": lonely})
-    assert error(lonely) == (
-        f"error: run {lonely} has no finetune, transfer, finetune-cv or transfer-cv child runs"
-    )
     missing = f"sqlite:///{tmp_path}/missing.db"
     assert error(experiment, uri=missing) == (
         f"error: no MLflow store at {missing}; pass --tracking-uri or set MLFLOW_TRACKING_URI"
     )
     assert not (tmp_path / "missing.db").exists()
+    make_config()  # creates the experiment, with no run yet
     assert error(experiment) == (
         f"error: experiment {experiment!r} has no "
         "finetune, transfer, finetune-cv or transfer-cv runs"
     )
-    logged_run(client, experiment_id, "finetune", metrics={"val/acc": 0.5})
-    assert (
-        error(experiment, "--metric", "val/f1")
-        == "error: no run logged 'val/f1'; use --metric with val/acc"
+    train(THREE_CLASSES, "trainer.max_epochs=1")
+    (run,) = runs()
+    assert error(run.info.run_id) == (  # a run id, but no sweep's
+        f"error: run {run.info.run_id} has no finetune, transfer, finetune-cv or transfer-cv "
+        "child runs"
     )
+    line = error(experiment, "--metric", "val/f1")
+    assert line.startswith("error: no run logged 'val/f1'; use --metric with ")
+    assert {"val/acc", "test/loss"} <= set(line.split("with ")[1].replace(" or", ",").split(", "))
 
 
 def test_help_answers_without_importing_torch_or_mlflow():

@@ -7,7 +7,6 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import time
 
 import pytest
 
@@ -129,10 +128,8 @@ def test_an_unreachable_tracking_server_is_one_clear_error_before_training(train
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     uri = f"http://127.0.0.1:{port}"
-    started = time.monotonic()
     with pytest.raises(UserError) as error:
         train(f"tracking.uri={uri}")
-    assert time.monotonic() - started < 5
     assert str(error.value).startswith(f"tracking.uri={uri}: ")
     assert "(connection refused)" in str(error.value)
     assert f"mlflow server --host 127.0.0.1 --port {port}" in str(error.value)
