@@ -471,7 +471,7 @@ def _check_registries(cfg: DictConfig) -> None:
     """Names looked up in transferlab's registries, and each entry's options."""
     from transferlab.finetune.regularizers import REGULARIZERS, check_kl_options
     from transferlab.models.backbones import check_architecture
-    from transferlab.models.classical_heads import CLASSICAL_HEADS as CLASSICAL
+    from transferlab.models.classical_heads import BUILDERS as CLASSICAL
     from transferlab.models.classical_heads import build_classical_head
     from transferlab.models.heads import HEADS
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from hydra.errors import CompactHydraException
 
 
@@ -11,6 +15,17 @@ class UserError(CompactHydraException):
     Hydra prints a CompactHydraException as its message alone, without a traceback, so
     the message must name the bad value and what would be accepted.
     """
+
+
+@contextmanager
+def exits_on_user_error() -> Iterator[None]:
+    """What every command-line entry point does with a UserError: its one line on stderr,
+    exit status 1, no traceback."""
+    try:
+        yield
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def one_of(values) -> str:

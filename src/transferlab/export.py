@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from transferlab.errors import UserError, one_of
+from transferlab.errors import UserError, exits_on_user_error, one_of
 from transferlab.safe_load import load_tensors
 
 if TYPE_CHECKING:
@@ -303,11 +302,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI "
                         "or sqlite:///mlflow.db)")  # fmt: skip
     args = parser.parse_args(argv)
-    try:
+    with exits_on_user_error():
         exported = export_run(args.run_id, args.format, args.out, args.tracking_uri)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
     print(f"exported {exported.model} and {exported.preprocessing}")
     print(
         f"max abs difference from PyTorch on {exported.checked_images} test images: "

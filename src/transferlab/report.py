@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from transferlab.errors import UserError, one_of
+from transferlab.errors import UserError, exits_on_user_error, one_of
 from transferlab.objective import (
     GROUPS,
     changes_result,
@@ -69,11 +68,8 @@ class Study:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    try:
+    with exits_on_user_error():
         print(write_report(args.target, args.out, args.tracking_uri, args.metric))
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
 
 
 def _parser() -> argparse.ArgumentParser:

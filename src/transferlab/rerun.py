@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from transferlab.errors import UserError
+from transferlab.errors import UserError, exits_on_user_error
 from transferlab.objective import GROUPS, changes_result
 from transferlab.tracking.redaction import refuse_redacted_secrets
 
@@ -104,11 +104,8 @@ def main(argv: list[str] | None = None) -> None:
                         "or sqlite:///mlflow.db)")  # fmt: skip
     parser.add_argument("--output-dir", help="where checkpoints and plots go")
     args = parser.parse_args(argv)
-    try:
+    with exits_on_user_error():
         same = rerun(args.run_id, args.tracking_uri, args.output_dir)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
     raise SystemExit(0 if same else 1)
 
 

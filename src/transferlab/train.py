@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from hydra_plugins.transferlab_optuna import register_optuna_sweeper
 from transferlab.config import validate
 from transferlab.distributed import is_global_zero, job_processes, run_launching_job
-from transferlab.errors import RunStopped, TrainingDiverged, UserError
+from transferlab.errors import RunStopped, TrainingDiverged, exits_on_user_error
 from transferlab.resume import RunInterrupted
 from transferlab.studies import register_studies
 
@@ -56,10 +56,8 @@ def main(cfg: DictConfig) -> float:
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         return run_sweep_job(cfg)
     try:
-        return run(cfg)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+        with exits_on_user_error():
+            return run(cfg)
     except RunInterrupted as stop:
         print(f"stopped: {stop}", file=sys.stderr)
         raise SystemExit(stop.exit_code) from None

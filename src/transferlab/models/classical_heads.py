@@ -51,14 +51,14 @@ def _logreg(C: float = 1.0, max_iter: int = 1000) -> Pipeline:
     return _standardised(LogisticRegression(C=C, max_iter=max_iter))
 
 
-CLASSICAL_HEADS: dict[str, Callable[..., Pipeline]] = {"svm": _svm, "logreg": _logreg}
+BUILDERS: dict[str, Callable[..., Pipeline]] = {"svm": _svm, "logreg": _logreg}
 
 
 def build_classical_head(name: str, **options) -> Pipeline:
     """An unfitted estimator: fit it on the training features and labels."""
-    if name not in CLASSICAL_HEADS:
-        raise UserError(f"head.name={name!r} is unknown; use {one_of(CLASSICAL_HEADS)}")
-    build = CLASSICAL_HEADS[name]
+    if name not in BUILDERS:
+        raise UserError(f"head.name={name!r} is unknown; use {one_of(BUILDERS)}")
+    build = BUILDERS[name]
     accepted = list(inspect.signature(build).parameters)
     for option in options:
         if option not in accepted:
