@@ -56,6 +56,7 @@ def validate(cfg: DictConfig) -> None:
     _check_against_code(cfg)
     for role, stage in stages.items():
         _in_stage(role, _check_against_code, stage)
+    _open_store(cfg.tracking.uri)  # once: the derived stages record to the same store
 
 
 def _in_stage(role: str, check: Callable[[DictConfig], None], stage: DictConfig) -> None:
@@ -363,7 +364,6 @@ def _check_against_code(cfg: DictConfig) -> None:
     _check_lightning_names(cfg.trainer)
     check_accelerator(cfg.trainer.accelerator)
     _try_optimizer_and_scheduler(cfg)
-    _open_store(cfg.tracking.uri)
 
 
 def check_accelerator(accelerator: str) -> None:

@@ -35,10 +35,6 @@ DAMAGED = (
 )
 
 
-class UnreadableFile(UserError):
-    """The file is missing, a folder, not readable, or not a whole PyTorch file."""
-
-
 def load_tensors(path: str | Path, what: str, remedy: str = "") -> Any:
     """`what` names the file in the error (e.g. `backbone.weights_path=...`)."""
     with refusing_unsafe_or_damaged(what, remedy):
@@ -58,7 +54,7 @@ def refusing_unsafe_or_damaged(what: str, remedy: str = "") -> Iterator[None]:
             f"run code: refused{suffix}"
         ) from err
     except DAMAGED as err:
-        raise UnreadableFile(f"{what} cannot be read: {_reason(err)}{suffix}") from err
+        raise UserError(f"{what} cannot be read: {_reason(err)}{suffix}") from err
 
 
 def _reason(err: BaseException) -> str:
