@@ -43,7 +43,7 @@ def data_module(dataset: dict, num_workers: int) -> TransferDataModule:
     loader = OmegaConf.create({"batch_size": BATCH, "num_workers": num_workers})
     task = {"val_fraction": 0.1, "test_fraction": 0.1}
     data = TransferDataModule(
-        OmegaConf.create({**dataset, **task}), Preprocessing(input_size=SIZE), loader
+        OmegaConf.create({**dataset, "task": task}), Preprocessing(input_size=SIZE), loader
     )
     data.setup()
     return data

@@ -35,7 +35,7 @@ import pytorch_lightning as pl
 import torch
 from mlflow.tracking import MlflowClient
 
-from transferlab.pipeline import check_accelerator
+from transferlab.config import check_accelerator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import throughput  # bench/throughput.py: both sides of the CPU benchmark, device-aware
@@ -55,7 +55,7 @@ GPU = Sizes(
     overrides=(
         "trainer=gpu",
         "trainer.precision=bf16-mixed",
-        "trainer.channels_last=true",
+        "trainer.gpu.channels_last=true",
         "backbone=resnet50",
         "backbone.weights=null",  # nothing to download on a machine without internet
         "backbone.input_size=224",
@@ -71,7 +71,7 @@ CPU = Sizes(
     overrides=(
         "trainer=cpu",
         "trainer.precision=32-true",
-        "trainer.channels_last=true",  # the same code path as on the GPU
+        "trainer.gpu.channels_last=true",  # the same code path as on the GPU
         "backbone=resnet18",
         "backbone.weights=null",
         "backbone.input_size=32",

@@ -29,12 +29,13 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 from torch import nn
 
-from transferlab.pipeline import (
+from transferlab.builders import (
     build_backbone_and_data,
     build_module,
     build_trainer,
     resolve_precision,
 )
+from transferlab.components import build
 from transferlab.tracking.lightning_logger import TrackedRunLogger
 from transferlab.tracking.mlflow_run import Tracker
 
@@ -126,9 +127,10 @@ def plain_side(cfg: DictConfig, warmup: int, steps: int) -> tuple[float, MemoryP
     backbone, data = build_backbone_and_data(cfg)
     head = nn.Linear(backbone.feature_dim, data.num_classes)
     device = torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
-    layout = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
+    layout = torch.channels_last if cfg.trainer.gpu.channels_last else torch.contiguous_format
     model = nn.Sequential(backbone, head).to(device, memory_format=layout).train()
-    if cfg.freeze.name == "linear_probe":  # the frozen backbone as one would freeze it
+    frozen = build(cfg.freeze, "freeze").is_always_frozen(backbone.num_stages, 1)
+    if frozen:  # the frozen backbone (linear_probe) as one would freeze it
         backbone.eval().requires_grad_(False)
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=cfg.optimizer.lr)

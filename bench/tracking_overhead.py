@@ -19,7 +19,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_module
 
-from transferlab.pipeline import build_backbone_and_data, build_module, build_trainer
+from transferlab.builders import build_backbone_and_data, build_module, build_trainer
 from transferlab.tracking.lightning_logger import TrackedRunLogger
 from transferlab.tracking.mlflow_run import Tracker
 

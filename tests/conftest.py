@@ -14,7 +14,9 @@ from hydra.core.hydra_config import HydraConfig
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, open_dict
 
-from transferlab.studies import register_studies
+from transferlab.runtime import setup
+
+setup()  # as every entry point does: studies and the Optuna sweeper registered, logs quiet
 
 # The smallest budgets that still train: a couple of epochs (the scratch baseline's too), no
 # progress bar.
@@ -51,7 +53,6 @@ def make_config(
     tmp_path, tracking_uri, client, experiment, feature_cache_dir
 ) -> Callable[..., DictConfig]:
     """Composes a config as the Hydra app would (HydraConfig set, choices recorded)."""
-    register_studies()
     if client.get_experiment_by_name(experiment) is None:  # artifacts in tmp, not ./mlruns
         client.create_experiment(experiment, artifact_location=str(tmp_path / "artifacts"))
 

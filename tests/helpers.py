@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 
 from transferlab.data.transforms import Preprocessing
-from transferlab.models.backbones import Backbone
+from transferlab.models.backbone import Backbone
 
 
 def write_image_folder(root: Path, classes: dict[str, int], size: int = 12, seed: int = 0) -> Path:

@@ -10,7 +10,8 @@ import torchvision
 from torch import nn
 
 from transferlab.errors import UserError
-from transferlab.models.backbones import ARCHITECTURES, Backbone, build_backbone
+from transferlab.models.backbone import Backbone
+from transferlab.models.backbones import ARCHITECTURES, build_backbone
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
@@ -112,12 +113,13 @@ def test_small_cnn_has_no_published_weights():
 
 
 def test_preprocessing_follows_the_weights_metadata_and_input_size_override(tmp_path):
-    from transferlab.models.backbones import _preprocessing_from_weights, _resized
+    from transferlab.models.backbones import preprocessing_from_weights
+    from transferlab.models.input_size import resized
 
     weights = torchvision.models.get_model_weights("resnet18").IMAGENET1K_V1
-    pre = _preprocessing_from_weights(weights)
+    pre = preprocessing_from_weights(weights)
     assert (pre.input_size, pre.resize_size, pre.mean) == (224, 256, (0.485, 0.456, 0.406))
-    small = _resized(pre, 64, "resnet18", fixed=False)
+    small = resized(pre, 64, "resnet18", fixed=False)
     assert (small.input_size, small.resize_size) == (64, 73)
     with pytest.raises(UserError, match="vit_b_16 only takes 224 px inputs"):
         build_backbone("vit_b_16", input_size=64)

@@ -26,7 +26,7 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import PYTHON, runs_of
-from transferlab.config import schema
+from transferlab.config_keys import schema
 from transferlab.train import main
 
 HYDRA_HINT = "Set the environment variable HYDRA_FULL_ERROR=1"
@@ -58,12 +58,12 @@ BAD: dict[str, list[Bad]] = {
     ],
     "dataset": [
         Bad(
-            "dataset.val_fraction=0.5 dataset.test_fraction=0.5",
-            ("dataset.val_fraction=0.5", "dataset.test_fraction=0.5", "< 1"),
+            "dataset.task.val_fraction=0.5 dataset.task.test_fraction=0.5",
+            ("dataset.task.val_fraction=0.5", "dataset.task.test_fraction=0.5", "< 1"),
         ),
-        Bad("dataset.classes=3", ("dataset.classes", "at least 2")),
-        Bad("dataset.split_seed=-1", ("dataset.split_seed", "[0, 4294967295]")),
-        Bad("+dataset.root=/data", ("dataset.root", "classes", "split_seed")),
+        Bad("dataset.task.classes=3", ("dataset.task.classes", "at least 2")),
+        Bad("dataset.task.split_seed=-1", ("dataset.task.split_seed", "[0, 4294967295]")),
+        Bad("+dataset.root=/data", ("dataset.root", "task")),
         Bad("dataset=synthetic dataset.num_images=many", ("dataset.num_images", "a number")),
         Bad("dataset=synthetic dataset.num_classes=1", ("dataset.num_classes", ">= 2"), late=True),
     ],
@@ -80,11 +80,17 @@ BAD: dict[str, list[Bad]] = {
         Bad("optimizer=sgd optimizer.momentum=0", ("momentum", "nesterov")),
         Bad("optimizer=sgd optimizer.nesterov=yes", ("optimizer.nesterov", "true or false")),
         Bad("optimizer=adam +optimizer.betas=[0.9,1.5]", ("betas", "beta parameter at index 1")),
-        Bad("optimizer.backbone_lr_mult=fast", ("optimizer.backbone_lr_mult", "number")),
+        Bad(
+            "optimizer.param_groups.backbone_lr_mult=fast",
+            ("optimizer.param_groups.backbone_lr_mult", "number"),
+        ),
         Bad("optimizer._target_=torch.optim.Adamw", ("optimizer._target_", "Adamw")),
     ],
     "scheduler": [
-        Bad("scheduler=plateau scheduler.monitor=val/accuracy", ("scheduler.monitor", "val/acc")),
+        Bad(
+            "scheduler=plateau scheduler.lightning.monitor=val/accuracy",
+            ("scheduler.lightning.monitor", "val/acc"),
+        ),
         Bad("scheduler=plateau scheduler.mode=maximum", ("scheduler.mode", "min or max")),
         Bad("scheduler=plateau scheduler.factor=2", ("factor", "< 1.0")),
         Bad("scheduler=step scheduler.step_size=0", ("scheduler.step_size", ">= 1")),
@@ -93,7 +99,8 @@ BAD: dict[str, list[Bad]] = {
         Bad("scheduler=none +scheduler.gamma=0.1", ("scheduler.gamma", "no options")),
     ],
     "head": [
-        Bad("head.name=resnet", ("head.name", "linear", "mlp", "svm", "logreg")),
+        Bad("head.name=resnet", ("head.name has moved", "head=<option>", "head._target_")),
+        Bad("head._target_=transferlab.models.heads.ConvHead", ("head._target_", "ConvHead")),
         Bad("head=mlp head.hidden=0", ("head.hidden", "[1, 65536]")),
         Bad("head=mlp head.hidden=10000000", ("head.hidden=10000000", "[1, 65536]")),
         Bad("head=svm freeze=linear_probe head.C=abc", ("head.C", "a number")),
@@ -111,7 +118,7 @@ BAD: dict[str, list[Bad]] = {
         Bad("+augment.mixup=0.2", ("augment.mixup", "mixup_alpha")),
     ],
     "regularizer": [
-        Bad("regularizer.name=sideways", ("regularizer.name", "none", "l2_sp", "kl_source")),
+        Bad("regularizer.name=sideways", ("regularizer.name has moved", "regularizer._target_")),
         Bad("regularizer=l2_sp regularizer.alpha=-0.01", ("regularizer.alpha", ">= 0")),
         Bad("regularizer=kl_source regularizer.temperature=0", ("regularizer.temperature", "> 0")),
         Bad("regularizer=kl_source regularizer.target=labels", ("regularizer.target", "logits")),
@@ -139,7 +146,7 @@ BAD: dict[str, list[Bad]] = {
         Bad("trainer.accelerator=gpux", ("trainer.accelerator", "cpu", "cuda")),
         Bad("trainer=ddp trainer.strategy=dpp", ("trainer.strategy", "ddp")),
         Bad("+trainer.max_epoch=3", ("trainer.max_epoch", "did you mean max_epochs?")),
-        Bad("trainer.channels_last=1", ("trainer.channels_last", "true or false")),
+        Bad("trainer.gpu.channels_last=1", ("trainer.gpu.channels_last", "true or false")),
     ],
     "cv": [
         Bad("cv.folds=3 compare_scratch=true", ("cv.folds", "compare_scratch")),
@@ -185,7 +192,8 @@ BAD: dict[str, list[Bad]] = {
     "source": [
         Bad("source=mnist", ("source/mnist", "digits_0_4"), by_hydra=True),
         Bad(
-            "source=digits_0_4 source.dataset.classes=[1]", ("source stage", "dataset.classes", "2")
+            "source=digits_0_4 source.dataset.task.classes=[1]",
+            ("source stage", "dataset.task.classes", "2"),
         ),
         Bad("source=digits_0_4 +source.trainer.max_epoch=3", ("source stage", "max_epochs")),
     ],
@@ -206,8 +214,8 @@ BAD: dict[str, list[Bad]] = {
         not_finite("optimizer.lr=inf"),
         not_finite("optimizer.weight_decay=-inf"),
         not_finite("optimizer=sgd optimizer.momentum=nan"),
-        not_finite("optimizer.backbone_lr_mult=inf"),
-        not_finite("optimizer.layer_decay=nan"),
+        not_finite("optimizer.param_groups.backbone_lr_mult=inf"),
+        not_finite("optimizer.param_groups.layer_decay=nan"),
         not_finite("optimizer=adam +optimizer.eps=nan"),
         not_finite("optimizer=adam +optimizer.betas=[0.9,nan]", "optimizer.betas[1]=nan"),
         not_finite("scheduler.eta_min=nan"),
@@ -224,10 +232,10 @@ BAD: dict[str, list[Bad]] = {
         not_finite("regularizer=l2_sp regularizer.beta=inf"),
         not_finite("regularizer=kl_source regularizer.weight=nan"),
         not_finite("regularizer=kl_source regularizer.temperature=inf"),
-        not_finite("dataset.val_fraction=nan"),
-        not_finite("dataset.test_fraction=-inf"),
+        not_finite("dataset.task.val_fraction=nan"),
+        not_finite("dataset.task.test_fraction=-inf"),
         not_finite("dataset=synthetic dataset.signal=nan"),
-        not_finite("source=digits_0_4 +source.dataset.val_fraction=nan"),
+        not_finite("source=digits_0_4 +source.dataset.task.val_fraction=nan"),
         not_finite("freeze=gradual freeze.warmup_epochs=nan"),
         not_finite("freeze=freeze_unfreeze freeze.unfreeze_at=inf"),
         not_finite("trainer.max_epochs=inf"),

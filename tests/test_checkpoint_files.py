@@ -17,8 +17,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from transferlab.resume import CHECKPOINT_TAG
 from transferlab.safe_load import load_tensors
+from transferlab.tracking.recorded import CHECKPOINT_TAG
 
 BASE = ["~callbacks.early_stopping"]  # the `train` fixture drops the progress bar
 _RENAMES: list[list[tuple[Path, Path]]] = []  # the recordings in progress

@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["trainer.max_epochs=1", "~callbacks.progress_bar", "dataset.classes=[0,1,2]"]
+TINY = ["trainer.max_epochs=1", "~callbacks.progress_bar", "dataset.task.classes=[0,1,2]"]
 
 pytestmark = pytest.mark.slow
 

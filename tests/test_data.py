@@ -66,11 +66,12 @@ def test_class_subset_is_relabelled_in_the_given_order_and_few_shot_train():
 
 def test_unknown_class_and_too_few_images_are_clear_errors():
     with pytest.raises(
-        UserError, match=r"dataset.classes has 12, which is not a class; use indices 0 to 9"
+        UserError, match=r"dataset.task.classes has 12, which is not a class; use indices 0 to 9"
     ):
         digits_task(classes=[1, 12])
     with pytest.raises(
-        UserError, match=r"dataset.train_per_class=500 but class 0 has only \d+ training images"
+        UserError,
+        match=r"dataset.task.train_per_class=500 but class 0 has only \d+ training images",
     ):
         digits_task(train_per_class=500)
 
@@ -123,7 +124,10 @@ def test_cifar_absent_offline_is_a_clear_error(tmp_path):
 def test_epoch_samples_cycles_a_small_train_set():
     loader_cfg = OmegaConf.create({"batch_size": 8, "num_workers": 0, "epoch_samples": 40})
     dataset_cfg = OmegaConf.create(
-        {"_target_": "transferlab.data.datasets.Digits", "classes": [0, 1], "train_per_class": 5}
+        {
+            "_target_": "transferlab.data.datasets.Digits",
+            "task": {"classes": [0, 1], "train_per_class": 5},
+        }
     )
     data = TransferDataModule(dataset_cfg, NATIVE, loader_cfg)
     data.setup()
@@ -183,8 +187,7 @@ def test_image_files_load_in_auto_workers(tmp_path):
         {
             "_target_": "transferlab.data.datasets.ImageFolderDataset",
             "root": str(tmp_path / "images"),
-            "val_fraction": 0.2,
-            "test_fraction": 0.2,
+            "task": {"val_fraction": 0.2, "test_fraction": 0.2},
         }
     )
     data = TransferDataModule(dataset_cfg, Preprocessing(input_size=16), loader_cfg)

@@ -151,7 +151,7 @@ def test_skip_corrupt_trains_on_the_rest_with_one_warning(train, runs, tmp_path)
     (root / "dog" / "gone.png").symlink_to(root / "dog" / "nothing-here.png")  # dangling
     config = OmegaConf.create(
         {"_target_": "transferlab.data.datasets.ImageFolderDataset", "root": str(root),
-         "skip_corrupt": True, "val_fraction": 0.25, "test_fraction": 0.25}
+         "skip_corrupt": True, "task": {"val_fraction": 0.25, "test_fraction": 0.25}}
     )  # fmt: skip
     with pytest.warns(UserWarning, match=r"skipping 2 file\(s\).*cat/broken.png, dog/gone.png"):
         data = TransferDataModule(config, NATIVE, LOADER)
@@ -166,7 +166,7 @@ def test_the_data_identity_names_the_data_the_task_and_the_fold(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     config = OmegaConf.create(
         {"_target_": "transferlab.data.datasets.ImageFolderDataset", "root": "images",
-         "train_per_class": 2, "split_seed": 3}
+         "task": {"train_per_class": 2, "split_seed": 3}}
     )  # fmt: skip
     data = TransferDataModule(config, NATIVE, LOADER)
     data.setup()
@@ -176,14 +176,14 @@ def test_the_data_identity_names_the_data_the_task_and_the_fold(tmp_path, monkey
     assert data.identity["task"]["train_per_class"] == 2
     assert data.identity["task"]["split_seed"] == 3
     assert data.identity["fold"] is None
-    other = TransferDataModule(OmegaConf.merge(config, {"split_seed": 4}), NATIVE, LOADER)
+    other = TransferDataModule(OmegaConf.merge(config, {"task": {"split_seed": 4}}), NATIVE, LOADER)
     other.setup()
     assert len(data.dataset_digest) == 16 and data.dataset_digest != other.dataset_digest
 
 
 def test_a_dataset_without_identity_is_named_by_its_config():
     target = f"{UserDigits.__module__}.{UserDigits.__qualname__}"
-    config = OmegaConf.create({"_target_": target, "scale": 2.0, "classes": [0, 1]})
+    config = OmegaConf.create({"_target_": target, "scale": 2.0, "task": {"classes": [0, 1]}})
     data = TransferDataModule(config, NATIVE, LOADER)
     data.setup()
     assert data.identity["source"] == {"_target_": target, "scale": 2.0}

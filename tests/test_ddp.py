@@ -80,7 +80,7 @@ def test_each_process_scores_its_own_share_of_every_image():
 
 def single_process_test_accuracy(checkpoint: Path) -> tuple[float, int]:
     """The checkpoint scored on the whole test split in this process."""
-    from transferlab.pipeline import build_backbone_and_data, build_module
+    from transferlab.builders import build_backbone_and_data, build_module
 
     with initialize_config_module("transferlab.conf", version_base="1.3"):
         cfg = compose("train", overrides=DDP)

@@ -22,16 +22,16 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 from torch import nn
 
+from transferlab.builders import build_backbone_and_data, build_module, build_trainer
 from transferlab.config import validate
 from transferlab.data.transforms import Preprocessing
 from transferlab.finetune.regularizers import KLSource
-from transferlab.models.backbones import Backbone
-from transferlab.pipeline import build_backbone_and_data, build_module, build_trainer
+from transferlab.models.backbone import Backbone
 from transferlab.resume import RunInterrupted
 from transferlab.train import run as run_task
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-THREE_CLASSES = "dataset.classes=[0,1,2]"  # ~5 training steps an epoch
+THREE_CLASSES = "dataset.task.classes=[0,1,2]"  # ~5 training steps an epoch
 ONE_EPOCH = [THREE_CLASSES, "trainer.max_epochs=1", "callbacks=none"]
 # A head that cannot move (AdamW's step at this rate rounds away in float32) on a frozen
 # backbone: val/loss is the same number every epoch, so it never improves.
@@ -217,7 +217,7 @@ def test_decay_bias_and_norm_decides_whether_biases_and_norm_weights_shrink(make
         "scheduler=none",
         f"optimizer.lr={lr}",
         f"optimizer.weight_decay={weight_decay}",
-        f"optimizer.decay_bias_and_norm={decay_all}",
+        f"optimizer.param_groups.decay_bias_and_norm={decay_all}",
     )
     backbone, data = build_backbone_and_data(cfg)
     module = build_module(cfg, backbone, data.num_classes)
@@ -382,7 +382,7 @@ def only_run(cwd: Path, experiment: str):
 def test_a_timm_backbone_trains_end_to_end_through_the_cli(tmp_path):
     process = app(
         "backbone=timm", "backbone.name=test_resnet", "backbone.input_size=32",
-        "trainer.max_epochs=1", "~callbacks.progress_bar", "dataset.classes=[0,1]",
+        "trainer.max_epochs=1", "~callbacks.progress_bar", "dataset.task.classes=[0,1]",
         "experiment_name=timm", cwd=tmp_path, HF_HUB_OFFLINE="1",
     )  # fmt: skip
     _, stderr = process.communicate(timeout=300)

@@ -10,9 +10,9 @@ import onnxruntime
 import pytest
 import torch
 
+from transferlab.builders import build_backbone_and_data
 from transferlab.errors import UserError
 from transferlab.export import export_run, main
-from transferlab.pipeline import build_backbone_and_data
 
 
 def _test_split(cfg) -> tuple[torch.Tensor, torch.Tensor]:

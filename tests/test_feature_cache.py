@@ -19,7 +19,8 @@ from transferlab.data.feature_cache import (
 )
 from transferlab.data.splits import TaskSpec, TaskSplits, carve_task
 from transferlab.errors import UserError
-from transferlab.models.backbones import Backbone, build_backbone
+from transferlab.models.backbone import Backbone
+from transferlab.models.backbones import build_backbone
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,12 @@ from torchvision.models import VisionTransformer
 
 from tests.conftest import PYTHON
 from transferlab import gpu_options
+from transferlab.builders import build_backbone_and_data, build_module, build_trainer
 from transferlab.config import validate
 from transferlab.data.datasets import Synthetic
 from transferlab.data.transforms import Preprocessing
 from transferlab.errors import UserError
 from transferlab.models.backbones import build_backbone
-from transferlab.pipeline import build_backbone_and_data, build_module, build_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_SYNTHETIC = ["dataset=synthetic", "dataset.num_images=100", "dataset.image_size=16"]
@@ -81,15 +81,15 @@ def test_synthetic_images_come_from_the_seed_at_the_backbones_input_size():
 def test_gpu_options_are_in_the_trainer_group_and_not_passed_to_lightning(make_config):
     for trainer, channels_last in (("cpu", False), ("gpu", True), ("ddp", False)):
         cfg = make_config(f"trainer={trainer}")
-        assert cfg.trainer.channels_last is channels_last
-        assert cfg.trainer.compile is False
+        assert cfg.trainer.gpu.channels_last is channels_last
+        assert cfg.trainer.gpu.compile is False
         arguments, options = gpu_options.trainer_arguments(cfg.trainer)
-        assert "channels_last" not in arguments and "compile" not in arguments
+        assert "gpu" not in arguments and "channels_last" not in arguments
         assert options == {"channels_last": channels_last, "compile": False}
-    bad = make_config("trainer.compile=yes")
+    bad = make_config("trainer.gpu.compile=yes")
     with pytest.raises(UserError) as error:
         validate(bad)
-    assert str(error.value) == "trainer.compile='yes' must be true or false"
+    assert str(error.value) == "trainer.gpu.compile='yes' must be true or false"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
@@ -128,7 +128,7 @@ def test_trainer_gpu_without_a_gpu_is_one_line_from_the_app(tmp_path):
 
 def test_channels_last_converts_a_cnn_and_its_batches(make_config, tmp_path):
     cfg = make_config(
-        *SMALL_SYNTHETIC, "trainer.channels_last=true", "trainer.max_epochs=1", "callbacks=none"
+        *SMALL_SYNTHETIC, "trainer.gpu.channels_last=true", "trainer.max_epochs=1", "callbacks=none"
     )
     backbone, data = build_backbone_and_data(cfg)
     module = build_module(cfg, backbone, data.num_classes)
@@ -176,10 +176,10 @@ def test_compile_without_a_cpp_compiler_warns_once_and_trains_eagerly(
     missing = (None, "/nonexistent/bin/c++")
     with inductor_config.patch({"cpp.cxx": missing}), warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        train("trainer.compile=true", "compare_scratch=true", "dataset.classes=[0,1,2]")
+        train("trainer.gpu.compile=true", "compare_scratch=true", "dataset.task.classes=[0,1,2]")
     ours = [str(w.message) for w in seen if COMPILE_WARNING in str(w.message)]
     assert len(ours) == 1, ours
-    assert ours[0].startswith("trainer.compile=true, but torch.compile cannot run here: ")
+    assert ours[0].startswith("trainer.gpu.compile=true, but torch.compile cannot run here: ")
     assert "inductor needs a C++ compiler for CPU code" in ours[0]
     assert ours[0].endswith("; training in eager mode")
     assert [r.info.status for r in runs()] == ["FINISHED", "FINISHED"]
@@ -196,7 +196,7 @@ def test_compile_trains_on_the_cpu_with_inductor(train, runs, fresh_compile_prob
     compiled_before = counters["stats"]["unique_graphs"]
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        train("trainer.compile=true", "trainer.channels_last=true")
+        train("trainer.gpu.compile=true", "trainer.gpu.channels_last=true")
     assert not [w for w in seen if COMPILE_WARNING in str(w.message)]
     assert counters["stats"]["unique_graphs"] > compiled_before
     (run,) = runs()

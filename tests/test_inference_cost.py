@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 import torch
 
 from transferlab.errors import instantiate
-from transferlab.models.heads import build_head
+from transferlab.finetune.freezing import FullFineTune, Gradual, Partial
 from transferlab.models.inference_cost import (
     Classifier,
     InferenceSetting,
@@ -38,7 +38,7 @@ def test_every_neural_run_logs_its_cost_counted_on_the_real_backbone(train, runs
     probe, scratch = by_role["finetune"], by_role["scratch"]
     cfg = make_config()
     backbone = instantiate(cfg.backbone)
-    head = build_head(in_features=backbone.feature_dim, num_classes=10, **cfg.head)
+    head = instantiate(cfg.head, in_features=backbone.feature_dim, num_classes=10)
     total = _numel(backbone.network) + _numel(head)
     for run in (probe, scratch):
         metrics = run.data.metrics
@@ -58,11 +58,11 @@ def test_trainable_counts_the_stages_unfrozen_in_the_epochs_trained(make_config)
     cfg = make_config("backbone.arch=small_cnn")
     backbone = instantiate(cfg.backbone)
     head = torch.nn.Linear(backbone.feature_dim, 3)
-    gradual = {"name": "gradual", "milestones": [1, 2], "warmup_epochs": 0}
+    gradual = Gradual(milestones=[1, 2], warmup_epochs=0)
     last_stage = _numel(torch.nn.ParameterList(backbone.stage_parameters(2)))
     assert parameter_counts(backbone, head, gradual, epochs=1)[1] == _numel(head)
     assert parameter_counts(backbone, head, gradual, epochs=2)[1] == _numel(head) + last_stage
-    partial = {"name": "partial", "k": 1}
+    partial = Partial(k=1)
     first_stage = _numel(torch.nn.ParameterList(backbone.stage_parameters(0)))
     total, trainable = parameter_counts(backbone, head, partial, epochs=3)
     assert trainable == total - first_stage
@@ -77,7 +77,7 @@ def test_measuring_leaves_the_model_as_it_found_it(make_config):
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     rng = torch.get_rng_state()
     setting = InferenceSetting((3, 8, 8), torch.device("cpu"), "32-true", epochs=1)
-    cost = inference_cost(backbone, head, {"name": "none"}, setting, batch_size=4)
+    cost = inference_cost(backbone, head, FullFineTune(), setting, batch_size=4)
     assert cost["inference/latency_ms_batch"] > 0
     assert backbone.training and head.training and not frozen_bn.training
     assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
@@ -94,12 +94,12 @@ def test_an_architecture_is_timed_once_per_setting(make_config):
     calls = []
     head.register_forward_hook(lambda *_: calls.append(1))
     setting = InferenceSetting((3, 8, 8), torch.device("cpu"), "32-true", epochs=1)
-    first = inference_cost(backbone, head, {"name": "none"}, setting, batch_size=5)
+    first = inference_cost(backbone, head, FullFineTune(), setting, batch_size=5)
     timed = len(calls)
     assert timed >= 4  # a warm-up and at least one timed call per batch size
-    again = inference_cost(backbone, head, {"name": "none"}, setting, batch_size=5)
+    again = inference_cost(backbone, head, FullFineTune(), setting, batch_size=5)
     assert len(calls) == timed
     assert again == first
     larger = InferenceSetting((3, 12, 12), torch.device("cpu"), "32-true", epochs=1)
-    inference_cost(backbone, head, {"name": "none"}, larger, batch_size=5)
+    inference_cost(backbone, head, FullFineTune(), larger, batch_size=5)
     assert len(calls) > timed

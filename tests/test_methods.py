@@ -6,50 +6,48 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
+from transferlab.builders import build_backbone_and_data, build_module
 from transferlab.config import validate
 from transferlab.errors import UserError
-from transferlab.finetune.freezing import frozen_stages, is_always_frozen, warmup_factor
-from transferlab.finetune.optim import param_groups
+from transferlab.finetune.freezing import FreezeUnfreeze, Gradual, LinearProbe
+from transferlab.finetune.optim import GroupOptions, param_groups
 from transferlab.finetune.regularizers import L2SP, KLSource
 from transferlab.models.backbones import build_backbone
 from transferlab.models.heads import LinearHead
-from transferlab.pipeline import build_backbone_and_data, build_module
 
 
 def test_freeze_unfreeze_and_gradual_schedules():
-    unfreeze = {"name": "freeze_unfreeze", "unfreeze_at": 2}
-    assert [frozen_stages(unfreeze, 4, e) for e in range(4)] == [{0, 1, 2, 3}] * 2 + [set()] * 2
-    gradual = {"name": "gradual", "milestones": [1, 3], "warmup_epochs": 0}
-    assert [frozen_stages(gradual, 4, e) for e in range(5)] == [
+    unfreeze = FreezeUnfreeze(unfreeze_at=2)
+    assert [unfreeze.frozen_stages(4, e) for e in range(4)] == [{0, 1, 2, 3}] * 2 + [set()] * 2
+    gradual = Gradual(milestones=[1, 3], warmup_epochs=0)
+    assert [gradual.frozen_stages(4, e) for e in range(5)] == [
         {0, 1, 2, 3},
         {0, 1, 2},
         {0, 1, 2},
         {0, 1},
         {0, 1},
     ]
-    assert is_always_frozen({"name": "linear_probe"}, 4, 10)
-    assert not is_always_frozen(unfreeze, 4, 10)
-    assert is_always_frozen(unfreeze, 4, 2)  # unfreezes only after the run ends
+    assert LinearProbe().is_always_frozen(4, 10) and LinearProbe().never_trains_backbone(10)
+    assert not unfreeze.is_always_frozen(4, 10)
+    assert unfreeze.is_always_frozen(4, 2)  # unfreezes only after the run ends
 
 
 def test_gradual_warmup_ramps_the_newly_unfrozen_stage():
-    gradual = {"name": "gradual", "milestones": [1, 3], "warmup_epochs": 2}
+    gradual = Gradual(milestones=[1, 3], warmup_epochs=2)
     nearest_head, next_one, never = 3, 2, 0
-    assert warmup_factor(gradual, 4, nearest_head, 1.0) == 0.0
-    assert warmup_factor(gradual, 4, nearest_head, 2.0) == 0.5
-    assert warmup_factor(gradual, 4, nearest_head, 3.5) == 1.0
-    assert warmup_factor(gradual, 4, next_one, 4.0) == 0.5
-    assert warmup_factor(gradual, 4, never, 9.0) == 1.0  # no milestone: never warmed up
+    assert gradual.lr_factor(4, nearest_head, 1.0) == 0.0
+    assert gradual.lr_factor(4, nearest_head, 2.0) == 0.5
+    assert gradual.lr_factor(4, nearest_head, 3.5) == 1.0
+    assert gradual.lr_factor(4, next_one, 4.0) == 0.5
+    assert gradual.lr_factor(4, never, 9.0) == 1.0  # no milestone: never warmed up
 
 
 def test_layer_decay_and_backbone_lr_mult_set_each_stage_rate():
     backbone = build_backbone("resnet18", input_size=32)
     head = LinearHead(backbone.feature_dim, 3)
-    cfg = OmegaConf.create({"lr": 0.1, "backbone_lr_mult": 0.5, "layer_decay": 0.8})
-    groups = param_groups(cfg, backbone, head)
+    groups = param_groups(0.1, GroupOptions(backbone_lr_mult=0.5, layer_decay=0.8), backbone, head)
     for group in groups:
         stage = group["stage"]
         expected = 0.1 if stage is None else 0.1 * 0.5 * 0.8 ** (backbone.num_stages - stage)
@@ -181,14 +179,20 @@ def test_resume_after_an_unfreeze_milestone_keeps_the_backbone_trainable(make_co
     [
         (
             ["freeze=freeze_unfreeze", "freeze.unfreeze_at=5", "trainer.max_epochs=5"],
-            "freeze.unfreeze_at has epoch 5, beyond trainer.max_epochs=5",
+            "freeze.unfreeze_at=5 has epoch 5, beyond trainer.max_epochs=5",
         ),
         (
             ["freeze=gradual", "freeze.milestones=[2,1]"],
-            "freeze.milestones=[2, 1] must be in increasing order",
+            "freeze.milestones=[2, 1] must list epochs (whole numbers >= 0) in increasing order",
         ),
-        (["optimizer.layer_decay=1.5"], "optimizer.layer_decay=1.5 must be in (0, 1]"),
-        (["optimizer.layer_decay=0"], "optimizer.layer_decay=0 must be in (0, 1]"),
+        (
+            ["optimizer.param_groups.layer_decay=1.5"],
+            "optimizer.param_groups.layer_decay=1.5 must be in (0, 1]",
+        ),
+        (
+            ["optimizer.param_groups.layer_decay=0"],
+            "optimizer.param_groups.layer_decay=0 must be in (0, 1]",
+        ),
         (["loss.label_smoothing=1"], "loss.label_smoothing=1 must be in [0, 1)"),
         (["augment.mixup_alpha=-1"], "augment.mixup_alpha=-1 must be >= 0"),
         (["head=svm"], "head=svm is fitted on frozen features, but freeze=none trains"),
@@ -228,7 +232,7 @@ def test_methods_run_end_to_end_and_log_their_penalty(train, runs, overrides):
 
 
 def test_k_fold_children_and_a_parent_with_mean_and_std(train, runs):
-    train("cv.folds=3", "dataset.classes=[0,1,2]", "dataset.val_fraction=0.3")
+    train("cv.folds=3", "dataset.task.classes=[0,1,2]", "dataset.task.val_fraction=0.3")
     found = runs()
     parent = next(r for r in found if r.data.tags["transferlab.role"] == "finetune-cv")
     children = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]

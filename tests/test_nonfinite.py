@@ -13,9 +13,9 @@ import torch
 from pytorch_lightning.strategies import SingleDeviceStrategy
 
 from tests.conftest import FAST
+from transferlab.builders import build_backbone_and_data, build_module, build_trainer
 from transferlab.errors import TrainingDiverged
 from transferlab.module import NonFiniteLossGuard
-from transferlab.pipeline import build_backbone_and_data, build_module, build_trainer
 
 DIVERGES = "optimizer.lr=1e30"  # AdamW's first step throws the weights to ~1e30
 FIRST_NAN = "the training loss is nan at global step 1 (epoch 0)"

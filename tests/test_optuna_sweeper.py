@@ -24,9 +24,10 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from hydra_plugins.transferlab_optuna import OptunaSweeper
+from hydra_plugins.transferlab_optuna._settings import Settings
 from hydra_plugins.transferlab_optuna._space import grid, parse_search_space
 from hydra_plugins.transferlab_optuna._study import build_pruner, open_storage, trials_in
-from hydra_plugins.transferlab_optuna._sweeper import Settings, outcome
+from hydra_plugins.transferlab_optuna._sweeper import outcome
 from transferlab.errors import RunStopped, UserError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -229,7 +230,7 @@ SWEEP = [
     "trainer.max_epochs=4",
     "~callbacks.progress_bar",
     "~callbacks.early_stopping",
-    "dataset.classes=[0,1,2]",
+    "dataset.task.classes=[0,1,2]",
     "experiment_name=optuna",
 ]
 CHILD_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}

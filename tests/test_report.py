@@ -17,7 +17,7 @@ LRS = ("0.003", "0.03")
 DIVERGES = "1e30"  # AdamW's first step throws the weights to ~1e30: the loss turns NaN
 INVALID = "-1"  # refused by validation, before the job's run exists
 SEEDS = ("0", "1")
-THREE_CLASSES = "dataset.classes=[0,1,2]"
+THREE_CLASSES = "dataset.task.classes=[0,1,2]"
 RUNS = "Runs (best first)"
 SEEDS_TABLE = "Mean ± std over seeds (best first)"
 
@@ -117,7 +117,7 @@ def test_an_experiment_report_keeps_main_runs_and_ranks_by_the_chosen_metric(
     train, runs, client, experiment, tracking_uri, tmp_path
 ):
     train(THREE_CLASSES, "compare_scratch=true")  # + scratch
-    train(THREE_CLASSES, "cv.folds=2", "dataset.val_fraction=0.3")  # finetune-cv + 2 folds
+    train(THREE_CLASSES, "cv.folds=2", "dataset.task.val_fraction=0.3")  # finetune-cv + 2 folds
     train(
         "source.trainer.max_epochs=1", "compare_scratch=false", config_name="digits_transfer"
     )  # source + transfer

@@ -16,7 +16,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from transferlab.errors import UserError
-from transferlab.resume import CHECKPOINT_TAG, RunInterrupted
+from transferlab.resume import RunInterrupted
+from transferlab.tracking.recorded import CHECKPOINT_TAG
 from transferlab.train import run as run_task
 
 BASE = ["~callbacks.progress_bar", "~callbacks.early_stopping"]

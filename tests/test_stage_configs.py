@@ -51,7 +51,8 @@ def test_the_scratch_baseline_has_its_own_budget_and_schedule(make_config):
         )
     )
     assert (own.trainer.max_epochs, own.scheduler.T_max, own.optimizer.lr) == (30, 30, 0.003)
-    assert own.backbone.weights_path is None and own.freeze.name == "none"
+    assert own.backbone.weights_path is None
+    assert own.freeze._target_ == "transferlab.finetune.freezing.FullFineTune"
 
 
 @pytest.mark.parametrize(

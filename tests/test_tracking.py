@@ -12,7 +12,6 @@ import pytest
 
 from tests.conftest import PYTHON
 from transferlab.errors import UserError
-from transferlab.resume import CHECKPOINT_TAG
 from transferlab.tracking.mlflow_run import MetricsNotWritten, Tracker
 from transferlab.tracking.orphans import (
     HOST_TAG,
@@ -21,6 +20,7 @@ from transferlab.tracking.orphans import (
     PID_TAG,
     process_tags,
 )
+from transferlab.tracking.recorded import CHECKPOINT_TAG
 from transferlab.tracking.store import check_reachable
 
 

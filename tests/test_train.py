@@ -177,8 +177,8 @@ def test_user_config_dir_and_own_backbone_and_dataset(train, runs, tmp_path):
         "_target_: tests.helpers.tiny_backbone\nwidth: 6\n"
     )
     (conf / "dataset" / "my_digits.yaml").write_text(
-        "_target_: tests.helpers.UserDigits\nscale: 2.0\nclasses: [0, 1, 2]\n"
-        "train_per_class: null\nval_fraction: 0.2\ntest_fraction: 0.2\nsplit_seed: 0\n"
+        "defaults: [/base_dataset@_here_, _self_]\n"  # the task keys, as every dataset option
+        "_target_: tests.helpers.UserDigits\nscale: 2.0\ntask: {classes: [0, 1, 2]}\n"
     )
     train(f"hydra.searchpath=[file://{conf}]", "backbone=tiny", "dataset=my_digits")
     run = only_run(runs)

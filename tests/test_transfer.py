@@ -28,8 +28,8 @@ def test_transfer_starts_ahead_of_a_fair_scratch_baseline_and_the_source_is_reus
     # the source stage's schedule spans its own 15 epochs, not the target's
     assert source.data.params["scheduler.T_max"] == source.data.params["trainer.max_epochs"]
     assert transfer.data.tags["transferlab.source_run_id"] == source.info.run_id
-    assert source.data.params["dataset.classes"] == "[0, 1, 2, 3, 4]"
-    assert transfer.data.params["dataset.train_per_class"] == "5"
+    assert source.data.params["dataset.task.classes"] == "[0, 1, 2, 3, 4]"
+    assert transfer.data.params["dataset.task.train_per_class"] == "5"
 
     run(
         make_config(

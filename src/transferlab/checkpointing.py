@@ -19,14 +19,13 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from fsspec.implementations.local import LocalFileSystem
-from lightning_fabric.utilities.cloud_io import get_filesystem
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.plugins import TorchCheckpointIO
 
 from transferlab.atomic import write_atomically
-from transferlab.resume import RUN_ID_KEY, RunInterrupted
+from transferlab.compat import is_local_path, training_position, uncount_last_step
+from transferlab.resume import RESUME_STATE_KEY, RUN_ID_KEY, RunInterrupted
 from transferlab.safe_load import refusing_unsafe_or_damaged
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -44,13 +43,6 @@ def resumable_training(checkpoint: DictConfig, stage_dir: Path) -> ResumableTrai
     )
 
 
-def training_position(trainer: pl.Trainer) -> tuple[int, int, bool]:
-    """(epoch, batches of it trained, whether its end-of-epoch hooks have run)."""
-    loop = trainer.fit_loop
-    epoch_ended = loop.epoch_progress.current.processed > trainer.current_epoch
-    return trainer.current_epoch, loop.epoch_loop.batch_progress.current.processed, epoch_ended
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer (`Trainer(plugins=[AtomicCheckpointIO()])`), but a
     crash or a full disk mid-write leaves the previous checkpoint whole: Lightning's own
@@ -60,7 +52,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
     ) -> None:
-        if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
+        if storage_options is not None or not is_local_path(path):
             super().save_checkpoint(checkpoint, path, storage_options)  # remote: Lightning's
             return
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -88,8 +80,6 @@ class ResumableTraining(Callback):
       and, taken inside an epoch, that epoch's running metric sums; put back just before the
       first step after a resume (Lightning's sanity check and loader set-up come between).
     """
-
-    KEY = "transferlab_resume"
 
     def __init__(self, path: Path, every_n_epochs: int, every_n_train_steps: int | None):
         self.path = path
@@ -142,20 +132,18 @@ class ResumableTraining(Callback):
     ) -> None:
         _, done, epoch_ended = training_position(trainer)
         sums = pl_module.epoch_sums.get("train") if done and not epoch_ended else None
-        checkpoint[self.KEY] = {
+        checkpoint[RESUME_STATE_KEY] = {
             RUN_ID_KEY: trainer.logger.version if trainer.logger else None,
             "rng": rng_states(),
             "train_sums": {k: v.cpu() for k, v in sums.sums.items()} if sums else None,
         }
         if self._saving:
-            # Lightning expects checkpoints from the end of a step, before it counts the
-            # step for its loggers, and adds one on restoring: ours come after.
-            checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
+            uncount_last_step(checkpoint)  # ours are taken before a step, not after one
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
     ) -> None:
-        self.pending = checkpoint.get(self.KEY)
+        self.pending = checkpoint.get(RESUME_STATE_KEY)
 
     def _restore(self, pl_module: pl.LightningModule) -> None:
         if not self.epoch_started:  # resumed inside an epoch: Lightning skipped the hook

@@ -16,14 +16,15 @@ import argparse
 import json
 import os
 import tempfile
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from transferlab.errors import UserError, exits_on_user_error, one_of
+from transferlab.export_formats import EXPORTERS, FILES, INPUT_NAME, OUTPUT_NAME
+from transferlab.runtime import setup
 from transferlab.safe_load import load_tensors
+from transferlab.tracking.recorded import STAGE_CONFIG, recorded_config, recorded_file, recorded_run
 
 if TYPE_CHECKING:
     import torch
@@ -33,13 +34,9 @@ if TYPE_CHECKING:
     from transferlab.data.module import TransferDataModule
     from transferlab.models.inference_cost import Classifier
 
-FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
 ARTIFACT_FOLDER = "export"
 CHECKPOINT = "checkpoints/best.ckpt"
-STAGE_CONFIG = "config.yaml"
 PREPROCESSING = "preprocessing.json"
-INPUT_NAME, OUTPUT_NAME = "images", "logits"
-TOLERANCE = 1e-4  # max abs difference, relative to the logits' scale when that is above 1
 
 
 @dataclass(frozen=True)
@@ -65,9 +62,9 @@ def export_run(run_id: str, fmt: str, out: str | Path, tracking_uri: str | None 
     uri = default_uri(tracking_uri)
     mlflow.set_tracking_uri(uri)  # a runs:/ or models:/ weights_path resolves in this store
     client = RetryingClient(MlflowClient(uri))
-    run = _run(client, run_id)
+    run = recorded_run(client, run_id, f"cannot export {run_id}")
+    cfg = _stage_config(client, run)
     with tempfile.TemporaryDirectory() as scratch:
-        cfg = _stage_config(client, run, scratch)
         state = _checkpoint_state(client, run, scratch)
     model, data = rebuild(cfg, state, run)
     images = _test_batch(data)
@@ -85,14 +82,14 @@ def rebuild(
     cfg: DictConfig, state: dict[str, Any], run: Run
 ) -> tuple[Classifier, TransferDataModule]:
     """The run's backbone + head with its best weights, in eval mode, and its data."""
-    from transferlab.models.heads import build_head
+    from transferlab.builders import build_backbone_and_data
+    from transferlab.components import build
     from transferlab.models.inference_cost import Classifier
-    from transferlab.pipeline import build_backbone_and_data
 
     trained_backbone = any(k.startswith("backbone.network.") for k in state)
     _reachable_backbone_weights(cfg, run, needed=not trained_backbone)
     backbone, data = build_backbone_and_data(cfg)  # seeded: the run's random init, if any
-    head = build_head(in_features=backbone.feature_dim, num_classes=data.num_classes, **cfg.head)
+    head = build(cfg.head, "head", in_features=backbone.feature_dim, num_classes=data.num_classes)
     model = Classifier(backbone.network, head)
     parts = {
         "head": model.head,
@@ -145,106 +142,18 @@ def write_preprocessing(
     return path
 
 
-# --- exporters: each writes the file, loads it back and returns the max abs difference -----
-
-
-def to_onnx(model: Classifier, images: torch.Tensor, path: Path) -> float:
-    """torch.export-based exporter (onnxscript), batch dimension dynamic; checked with
-    onnxruntime on the CPU."""
-    import onnxruntime
-    import torch
-
-    batch = torch.export.Dim("batch")
-    torch.onnx.export(
-        model,
-        (_example(images),),
-        str(path),
-        dynamo=True,
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamic_shapes=({0: batch},),
-        external_data=False,  # one self-contained file (fine below protobuf's 2 GB)
-        verbose=False,
-    )
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (outputs,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
-    return _checked(model, images, torch.from_numpy(outputs), path)
-
-
-def to_torchscript(model: Classifier, images: torch.Tensor, path: Path) -> float:
-    """torch.jit.trace on a batch of 2, checked with torch.jit.load on the whole test batch:
-    a traced batch size that stuck would show there."""
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
-        with torch.inference_mode():
-            traced = torch.jit.trace(model, _example(images))
-        traced.save(str(path))
-        loaded = torch.jit.load(str(path), map_location="cpu")
-        with torch.inference_mode():
-            outputs = loaded(images)
-    return _checked(model, images, outputs, path)
-
-
-EXPORTERS: dict[str, Callable[[Any, Any, Path], float]] = {
-    "onnx": to_onnx,
-    "torchscript": to_torchscript,
-}
-
-
-def _checked(model: Classifier, images: torch.Tensor, outputs: torch.Tensor, path: Path) -> float:
-    import torch
-
-    with torch.inference_mode():
-        expected = model(images)
-    diff = float((outputs.float() - expected).abs().max())
-    allowed = TOLERANCE * max(1.0, float(expected.abs().max()))
-    if not diff <= allowed:  # NaN too
-        raise UserError(
-            f"{path} gives outputs {diff:.3g} away from PyTorch's on {len(images)} test images "
-            f"(more than {allowed:.3g}); it is not logged"
-        )
-    return diff
-
-
-def _example(images: torch.Tensor) -> torch.Tensor:
-    """Two images: a batch of one would fix the batch dimension at 1."""
-    import torch
-
-    return torch.cat([images, images])[:2]
-
-
 # --- what MLflow recorded -----------------------------------------------------------------
 
 
-def _run(client, run_id: str) -> Run:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_run(run_id)
-    except MlflowException as err:
-        raise UserError(f"cannot export {run_id}: {str(err).partition(chr(10))[0]}") from err
-
-
-def _artifact(client, run: Run, path: str, scratch: str, missing: str) -> str:
-    folder, _, name = path.rpartition("/")
-    listed = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, folder or None)}
-    if name not in listed:
-        raise UserError(f"run {run.info.run_id} has no {path}: {missing}")
-    return client.download_artifacts(run.info.run_id, path, scratch)
-
-
-def _stage_config(client, run: Run, scratch: str) -> DictConfig:
-    from omegaconf import OmegaConf
-
-    from transferlab.objective import CLASSICAL_HEADS
+def _stage_config(client, run: Run) -> DictConfig:
+    from transferlab.components import is_classical_head, target_name
 
     missing = "not a transferlab training run (a sweep's parent? export one of its runs)"
-    cfg = OmegaConf.load(_artifact(client, run, STAGE_CONFIG, scratch, missing))
-    if cfg.head.name in CLASSICAL_HEADS:
+    cfg = recorded_config(client, run, STAGE_CONFIG, missing)
+    if is_classical_head(cfg.head):
+        head = run.data.params.get("head") or target_name(cfg.head)  # its choice, as typed
         raise UserError(
-            f"run {run.info.run_id} has a scikit-learn head (head={cfg.head.name}): it is "
+            f"run {run.info.run_id} has a scikit-learn head (head={head}): it is "
             "saved with skops (artifact model/) and is not exported; export a run with a "
             "neural head (linear, mlp)"
         )
@@ -259,7 +168,7 @@ def _checkpoint_state(client, run: Run, scratch: str) -> dict[str, Any]:
         if role.endswith("-cv")
         else "trained with callbacks that save no checkpoint (callbacks=none?)"
     )
-    local = _artifact(client, run, CHECKPOINT, scratch, missing)
+    local = recorded_file(client, run, CHECKPOINT, scratch, missing)
     checkpoint = load_tensors(local, f"{CHECKPOINT} of run {run.info.run_id}")
     return checkpoint["state_dict"]
 
@@ -268,7 +177,7 @@ def _reachable_backbone_weights(cfg: DictConfig, run: Run, needed: bool) -> None
     """A transfer run's weights_path is a local copy of its source run's `backbone.pt`,
     which may be gone (another machine, a cleaned output folder): read it from MLflow.
     Not `needed` (the checkpoint holds the trained backbone), it is simply left out."""
-    from transferlab.models.backbones import MLFLOW_URI_SCHEMES
+    from transferlab.models.weights_file import MLFLOW_URI_SCHEMES
 
     path = cfg.backbone.get("weights_path")
     if path is None or path.startswith(MLFLOW_URI_SCHEMES) or os.path.isfile(path):
@@ -302,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI "
                         "or sqlite:///mlflow.db)")  # fmt: skip
     args = parser.parse_args(argv)
+    setup()
     with exits_on_user_error():
         exported = export_run(args.run_id, args.format, args.out, args.tracking_uri)
     print(f"exported {exported.model} and {exported.preprocessing}")

@@ -16,11 +16,11 @@ import numpy as np
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from transferlab.components import ClassicalHead, build
 from transferlab.data.feature_cache import FeatureCache, extract_features, weights_identity
 from transferlab.data.module import TransferDataModule
-from transferlab.finetune.freezing import is_always_frozen
-from transferlab.models.backbones import Backbone
-from transferlab.models.classical_heads import build_classical_head, evaluate, save
+from transferlab.models.backbone import Backbone
+from transferlab.models.classical_heads import evaluate, save
 from transferlab.tracking.artifacts import write_test_artifacts
 from transferlab.tracking.mlflow_run import TrackedRun
 
@@ -48,7 +48,8 @@ def can_cache_features(cfg: DictConfig, backbone: Backbone) -> bool:
     """The cache is on, the backbone never trains and nothing random touches the images.
     (With the cache off, a neural head trains with the backbone in the loop, as usual.)"""
     mixing = cfg.augment.mixup_alpha > 0 or cfg.augment.cutmix_alpha > 0
-    frozen = is_always_frozen(cfg.freeze, backbone.num_stages, cfg.trainer.max_epochs)
+    freeze = build(cfg.freeze, "freeze")
+    frozen = freeze.is_always_frozen(backbone.num_stages, cfg.trainer.max_epochs)
     return cfg.feature_cache.enabled and frozen and not mixing
 
 
@@ -93,21 +94,22 @@ def fit_classical_head(
 ) -> dict[str, float]:
     """Fits the scikit-learn head on the train features and scores every split under the
     metric names of a neural head; the fitted model and test plots become artifacts."""
-    head = build_classical_head(**cfg.head)
+    head: ClassicalHead = build(cfg.head, "head")
+    estimator = head.estimator()
     train_x, train_y = features["train"]
-    head.fit(train_x.numpy(), train_y.numpy())
+    estimator.fit(train_x.numpy(), train_y.numpy())
     metrics = {}
     for split in SPLITS:
         x, y = features[split]
-        for name, value in evaluate(head, x.numpy(), y.numpy(), len(class_names)).items():
+        for name, value in evaluate(estimator, x.numpy(), y.numpy(), len(class_names)).items():
             metrics[f"{split}/{name}"] = value
     run.log_metrics(metrics)
     test_x, test_y = features["test"]
-    predictions = head.predict(test_x.numpy())
+    predictions = estimator.predict(test_x.numpy())
     stage_dir.mkdir(parents=True, exist_ok=True)
     for path in write_test_artifacts(
         predictions, np.asarray(test_y), class_names, stage_dir / "test"
     ):
         run.log_artifact(path, "test")
-    run.log_artifact(save(head, stage_dir / f"{cfg.head.name}_head"), "model")
+    run.log_artifact(save(estimator, stage_dir / type(head).__name__), "model")  # SVMHead.skops
     return metrics

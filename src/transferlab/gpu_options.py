@@ -1,8 +1,8 @@
-"""transferlab's own keys in the `trainer` group: `channels_last` and `compile`.
+"""transferlab's own node in the `trainer` group: `trainer.gpu.{channels_last, compile}`.
 
-They are not Lightning `Trainer` arguments: `trainer_arguments` takes them out of the
-trainer node, and `GpuOptions`, a callback, applies them to the module when a fit or a test
-sets it up (before Lightning moves it to its device).
+They are not Lightning `Trainer` arguments: `trainer_arguments` takes the `gpu` node off the
+trainer node, and `GpuOptions`, a callback whose signature is the node's keys, applies them
+to the module when a fit or a test sets it up (before Lightning moves it to its device).
 
 - `channels_last`: a CNN backbone and its input batches in NHWC memory layout, which
   tensor cores and cuDNN's fastest convolutions want under mixed precision. Transformers
@@ -29,21 +29,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-OPTION_KEYS = ("channels_last", "compile")
-
 _warned: set[str] = set()  # one warning per reason and process (a run has several stages)
 
 
 def trainer_arguments(trainer: DictConfig) -> tuple[DictConfig, dict[str, bool]]:
-    """The trainer node without transferlab's own keys (what Lightning's Trainer takes),
-    and those keys' values (absent ones are false: configs written before they existed)."""
+    """The trainer node without its `gpu` node (what Lightning's Trainer takes), and that
+    node's values (an absent node or key: off, as in configs written before they existed)."""
     node = OmegaConf.to_container(trainer, resolve=True)
-    options = {key: bool(node.pop(key, False)) for key in OPTION_KEYS}
+    options = node.pop("gpu", None) or {}
     return OmegaConf.create(node), options
 
 
 class GpuOptions(pl.Callback):
-    """Applies `trainer.channels_last` / `trainer.compile` to the module's backbone once,
+    """Applies `trainer.gpu.channels_last` / `trainer.gpu.compile` to the backbone once,
     at the first setup (fit, or a test on its own)."""
 
     def __init__(self, channels_last: bool = False, compile: bool = False):
@@ -100,7 +98,7 @@ def compile_in_place(module: nn.Module, device: str) -> bool:
         if reason not in _warned:
             _warned.add(reason)
             warnings.warn(
-                f"trainer.compile=true, but torch.compile cannot run here: {reason}; "
+                f"trainer.gpu.compile=true, but torch.compile cannot run here: {reason}; "
                 "training in eager mode",
                 UserWarning,
                 stacklevel=2,

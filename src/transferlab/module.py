@@ -7,15 +7,15 @@ import math
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.strategies import Strategy
 from torch import nn
 from torchvision.transforms import v2
 
 from transferlab.errors import TrainingDiverged
-from transferlab.finetune.freezing import frozen_stages, warmup_factor
+from transferlab.finetune.freezing import FreezeStrategy
 from transferlab.finetune.optim import build_optimizer, build_scheduler
-from transferlab.models.backbones import Backbone
+from transferlab.models.backbone import Backbone
 
 
 class TransferModule(pl.LightningModule):
@@ -24,7 +24,7 @@ class TransferModule(pl.LightningModule):
         backbone: Backbone,
         head: nn.Module,
         num_classes: int,
-        freeze: DictConfig,
+        freeze: FreezeStrategy,
         optimizer: DictConfig,
         scheduler: DictConfig,
         regularizer: nn.Module | None = None,
@@ -36,7 +36,7 @@ class TransferModule(pl.LightningModule):
         self.backbone = backbone
         self.head = head
         self.regularizer = regularizer
-        self.freeze = OmegaConf.to_container(freeze, resolve=True)
+        self.freeze = freeze
         self.optimizer_cfg = optimizer
         self.scheduler_cfg = scheduler
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -52,7 +52,7 @@ class TransferModule(pl.LightningModule):
     # --- freezing: derived from the epoch, re-applied whenever the mode changes ----------
 
     def frozen_stages(self) -> set[int]:
-        return frozen_stages(self.freeze, self.backbone.num_stages, self.current_epoch)
+        return self.freeze.frozen_stages(self.backbone.num_stages, self.current_epoch)
 
     def train(self, mode: bool = True):
         """Lightning calls .train() around validation; frozen BatchNorm must stay in eval."""
@@ -73,17 +73,22 @@ class TransferModule(pl.LightningModule):
         self.backbone.source_head.eval()
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
-        """Applies the warm-up of newly unfrozen stages for this step only, so schedulers
-        keep seeing (and stepping) the learning rates they set."""
-        if not self.freeze.get("warmup_epochs"):  # nothing to warm up: the plain step
-            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        """Applies the freeze strategy's learning-rate factors (e.g. the warm-up of newly
+        unfrozen stages) for this step only, so schedulers keep seeing (and stepping) the
+        learning rates they set."""
         position = epoch + batch_idx / max(self.trainer.num_training_batches, 1)
+        stages = self.backbone.num_stages
+        factors = [
+            1.0
+            if group.get("stage") is None
+            else self.freeze.lr_factor(stages, group["stage"], position)
+            for group in optimizer.param_groups
+        ]
+        if all(factor == 1.0 for factor in factors):  # nothing to change: the plain step
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         scheduled = [group["lr"] for group in optimizer.param_groups]
-        for group in optimizer.param_groups:
-            if group.get("stage") is not None:
-                group["lr"] *= warmup_factor(
-                    self.freeze, self.backbone.num_stages, group["stage"], position
-                )
+        for group, factor in zip(optimizer.param_groups, factors, strict=True):
+            group["lr"] *= factor
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         for group, lr in zip(optimizer.param_groups, scheduled, strict=True):
             group["lr"] = lr

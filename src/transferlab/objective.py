@@ -17,8 +17,6 @@ GROUPS = (
     "trainer",
     "source",
 )
-# The scikit-learn heads: fitted on frozen features, not trained by Lightning.
-CLASSICAL_HEADS = ("svm", "logreg")
 # The one list of keys that never change what a run computes: where results go, how often
 # checkpoints are written, how progress is shown, which trial of which sweep a run is. The
 # source stage's reuse key ignores them, resume and rerun accept any value for them, and

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from transferlab.errors import UserError, exits_on_user_error
 from transferlab.objective import GROUPS, changes_result
+from transferlab.runtime import setup
+from transferlab.tracking.recorded import EXPERIMENT_CONFIG, recorded_config, recorded_run
 from transferlab.tracking.redaction import refuse_redacted_secrets
 
 COMPARED = ("test/acc", "test/loss", "val/acc_best")
@@ -26,10 +28,7 @@ COMPARED = ("test/acc", "test/loss", "val/acc_best")
 
 def rerun(run_id: str, tracking_uri: str | None = None, output_dir: str | None = None) -> bool:
     """Reruns `run_id`; True when every compared final metric is identical."""
-    from mlflow.artifacts import download_artifacts
-    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
-    from omegaconf import OmegaConf
 
     from transferlab.pipeline import run_stages
     from transferlab.tracking.store import RetryingClient
@@ -37,17 +36,12 @@ def rerun(run_id: str, tracking_uri: str | None = None, output_dir: str | None =
 
     uri = default_uri(tracking_uri)
     client = RetryingClient(MlflowClient(uri))
-    try:
-        original = client.get_run(run_id)
-        config_file = download_artifacts(
-            run_id=run_id, artifact_path="experiment.yaml", tracking_uri=uri
-        )
-    except MlflowException as err:
-        raise UserError(f"cannot rerun {run_id}: {str(err).partition(chr(10))[0]}") from err
+    original = recorded_run(client, run_id, f"cannot rerun {run_id}")
     if original.info.status != "FINISHED":
         raise UserError(f"run {run_id} is {original.info.status}; only finished runs are rerun")
+    missing = "not a transferlab training run (a sweep's parent? rerun one of its runs)"
+    cfg = recorded_config(client, original, EXPERIMENT_CONFIG, missing)
     _warn_if_code_changed(original.data.tags.get("mlflow.source.git.commit"))
-    cfg = OmegaConf.load(config_file)
     refuse_redacted_secrets(f"rerun {run_id}", cfg)
     cfg.tracking.uri = uri
     cfg.output_dir = output_dir or str(
@@ -104,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
                         "or sqlite:///mlflow.db)")  # fmt: skip
     parser.add_argument("--output-dir", help="where checkpoints and plots go")
     args = parser.parse_args(argv)
+    setup()
     with exits_on_user_error():
         same = rerun(args.run_id, args.tracking_uri, args.output_dir)
     raise SystemExit(0 if same else 1)

@@ -14,9 +14,15 @@ from omegaconf import DictConfig, OmegaConf
 from transferlab.errors import RunStopped, UserError
 from transferlab.objective import GROUPS, changes_result
 from transferlab.stage_configs import stage_config
+from transferlab.tracking.recorded import (
+    CHECKPOINT_TAG,
+    STAGE_CONFIG,
+    recorded_config,
+    recorded_run,
+)
 
-RUN_ID_KEY = "run_id"  # saved in every checkpoint (see ResumableTraining)
-CHECKPOINT_TAG = "transferlab.last_checkpoint"  # a run's last.ckpt, set when it trains
+RESUME_STATE_KEY = "transferlab_resume"  # what ResumableTraining adds to every checkpoint
+RUN_ID_KEY = "run_id"  # in that state: the run the checkpoint belongs to
 
 
 class RunInterrupted(RunStopped):
@@ -86,8 +92,6 @@ def _shown(value) -> str:
 
 def find_resumption(target: str, tracking_uri: str) -> Resumption:
     """The run and checkpoint `target` names, checked before anything is built."""
-    from mlflow.artifacts import download_artifacts
-    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from transferlab.tracking.redaction import refuse_redacted_secrets
@@ -96,22 +100,14 @@ def find_resumption(target: str, tracking_uri: str) -> Resumption:
     is_file = path.suffix == ".ckpt" or path.exists()
     run_id = _run_of_checkpoint(path) if is_file else target
     client = MlflowClient(tracking_uri)
-    try:
-        run = client.get_run(run_id)
-        config_file = download_artifacts(
-            run_id=run_id, artifact_path="config.yaml", tracking_uri=tracking_uri
-        )
-    except MlflowException as err:
-        raise UserError(
-            f"resume={target} is neither a checkpoint file nor a run in this store "
-            f"({tracking_uri}): {str(err).partition(chr(10))[0]}"
-        ) from err
+    refusal = f"resume={target} is neither a checkpoint file nor a run in this store"
+    run = recorded_run(client, run_id, f"{refusal} ({tracking_uri})")
     if run.info.status == "FINISHED":
         raise UserError(
             f"resume={target}: run {run_id} has finished; nothing to resume "
             "(transferlab-rerun runs it again)"
         )
-    config = OmegaConf.load(config_file)
+    config = recorded_config(client, run, STAGE_CONFIG, "it is not a transferlab training run")
     if config.get("cv", {}).get("folds"):
         raise UserError(f"resume={target}: runs of cross-validation folds cannot be resumed")
     refuse_redacted_secrets(f"resume {run_id}", config)
@@ -138,13 +134,12 @@ def _last_checkpoint(target: str, tags: dict[str, str]) -> Path:
 def _run_of_checkpoint(path: Path) -> str:
     """Read with weights_only=True, as every checkpoint is: a file that needs pickle to load
     is refused unread."""
-    from transferlab.checkpointing import ResumableTraining
     from transferlab.safe_load import load_tensors
 
     if not path.is_file():
         raise UserError(f"resume={path}: no such checkpoint file")
     checkpoint = load_tensors(path, f"resume={path}")
-    state = checkpoint.get(ResumableTraining.KEY) or {}
+    state = checkpoint.get(RESUME_STATE_KEY) or {}
     if RUN_ID_KEY not in state:
         raise UserError(f"resume={path} is not a transferlab checkpoint (no run id in it)")
     return state[RUN_ID_KEY]

@@ -12,7 +12,19 @@ import hashlib
 
 from omegaconf import DictConfig, OmegaConf
 
-from transferlab.objective import CLASSICAL_HEADS, changes_result
+from transferlab.components import is_classical_head
+from transferlab.objective import changes_result
+
+# What a derived stage trains with where the run's own choice would not fit: each node is
+# its group's built-in choice (conf/head/linear.yaml, ...), recorded under that name.
+LINEAR_HEAD = {"_target_": "transferlab.models.heads.LinearHead", "dropout": 0.0}
+FULL_FINE_TUNE = {"_target_": "transferlab.finetune.freezing.FullFineTune"}
+NO_REGULARIZER = {"_target_": None}
+DERIVED_NODES = {
+    "head": ("linear", LINEAR_HEAD),
+    "freeze": ("none", FULL_FINE_TUNE),
+    "regularizer": ("none", NO_REGULARIZER),
+}
 
 
 def resolved(cfg: DictConfig) -> DictConfig:
@@ -45,7 +57,7 @@ def source_config(cfg: DictConfig) -> DictConfig:
     """The run's config with the source task merged in. The source network trains whole,
     with a linear head, whatever the target's freeze strategy, head or regulariser."""
     source = _single_stage(cfg)
-    source.head = {"name": "linear", "dropout": 0.0}
+    source.head = LINEAR_HEAD
     _train_everything(source)
     return resolved(OmegaConf.merge(source, cfg.source))
 
@@ -57,9 +69,9 @@ def scratch_config(cfg: DictConfig) -> DictConfig:
     head trains with the whole network; a scikit-learn head is fitted on the random
     network's features."""
     scratch = _single_stage(cfg)
-    if cfg.head.name not in CLASSICAL_HEADS:
+    if not is_classical_head(cfg.head):
         _train_everything(scratch)
-    scratch.regularizer = {"name": "none"}  # there is no source to stay close to
+    scratch.regularizer = NO_REGULARIZER  # there is no source to stay close to
     merged = OmegaConf.merge(scratch, cfg.scratch)
     return resolved(with_source_weights(merged, None))
 
@@ -91,10 +103,10 @@ def _single_stage(cfg: DictConfig) -> DictConfig:
 
 def _train_everything(cfg: DictConfig) -> None:
     """Every layer trains at the same rate, unregularised: no pretrained weights to protect."""
-    cfg.freeze = {"name": "none"}
-    cfg.optimizer.backbone_lr_mult = 1.0
-    cfg.optimizer.layer_decay = None
-    cfg.regularizer = {"name": "none"}
+    cfg.freeze = FULL_FINE_TUNE
+    OmegaConf.update(cfg, "optimizer.param_groups.backbone_lr_mult", 1.0)
+    OmegaConf.update(cfg, "optimizer.param_groups.layer_decay", None)
+    cfg.regularizer = NO_REGULARIZER
 
 
 def config_key(cfg: DictConfig) -> str:
@@ -119,6 +131,11 @@ def _result_tree(tree: dict, prefix: str) -> dict:
 
 
 def derived_choices(choices: dict[str, str], cfg: DictConfig) -> dict[str, str]:
-    """The group choices of a source or scratch stage, which replace some of the run's."""
-    replaced = {g: cfg[g].name for g in ("freeze", "regularizer", "head") if g in choices}
+    """The group choices of a source or scratch stage, which replace some of the run's: a
+    group whose node the stage replaced is recorded under its built-in choice's name."""
+    replaced = {
+        group: choice
+        for group, (choice, node) in DERIVED_NODES.items()
+        if group in choices and OmegaConf.to_container(cfg[group]) == node
+    }
     return {**choices, **replaced}

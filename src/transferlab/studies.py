@@ -1,8 +1,9 @@
 """Makes the studies in experiments/ loadable by name (`transferlab-train -cn <study>`)."""
 
 from hydra.core.config_search_path import ConfigSearchPath
-from hydra.core.plugins import Plugins
 from hydra.plugins.search_path_plugin import SearchPathPlugin
+
+from transferlab.compat import register_plugin
 
 STUDIES_PACKAGE = "pkg://transferlab.experiments"
 
@@ -15,6 +16,4 @@ class StudiesSearchPath(SearchPathPlugin):
 
 
 def register_studies() -> None:
-    # Registered explicitly rather than through the hydra_plugins namespace, which editable
-    # installs hide from Hydra's plugin scan.
-    Plugins.instance().register(StudiesSearchPath)
+    register_plugin(StudiesSearchPath)

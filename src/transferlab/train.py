@@ -13,16 +13,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from hydra_plugins.transferlab_optuna import register_optuna_sweeper
 from transferlab.config import validate
+from transferlab.config_keys import refuse_moved_overrides
 from transferlab.distributed import is_global_zero, job_processes, run_launching_job
 from transferlab.errors import RunStopped, TrainingDiverged, exits_on_user_error
 from transferlab.resume import RunInterrupted
-from transferlab.studies import register_studies
-
-register_studies()
-register_optuna_sweeper()
-run_launching_job()  # a DDP process started for one job of a multirun runs that job only
+from transferlab.runtime import setup
 
 
 def run(cfg: DictConfig) -> float:
@@ -49,8 +45,17 @@ def resume(cfg: DictConfig) -> float:
     return resume_stage(resumption, cfg.output_dir)
 
 
+def main() -> None:
+    """The console script: process settings first, then Hydra parses the command line."""
+    setup()
+    with exits_on_user_error():
+        refuse_moved_overrides(sys.argv[1:])  # Hydra would only say the key is not there
+    run_launching_job()  # a DDP process started for one job of a multirun runs that job only
+    hydra_app()
+
+
 @hydra.main(version_base="1.3", config_path="pkg://transferlab.conf", config_name="train")
-def main(cfg: DictConfig) -> float:
+def hydra_app(cfg: DictConfig) -> float:
     if not is_global_zero():
         return run_replica(cfg)
     if HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -72,7 +77,7 @@ def run_sweep_job(cfg: DictConfig) -> float:
     except RunStopped:
         raise
     except Exception as error:
-        from transferlab.tracking.sweep import record_failed_job
+        from transferlab.tracking.run_info import record_failed_job
 
         print(f"error: job failed: {error}", file=sys.stderr)
         record_failed_job(cfg, error)

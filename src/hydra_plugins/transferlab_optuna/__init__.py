@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
+
+from transferlab.compat import instantiate_launcher, register_plugin
 
 if TYPE_CHECKING:
     import optuna
@@ -34,9 +35,7 @@ class OptunaSweeper(Sweeper):
     ) -> None:
         from hydra_plugins.transferlab_optuna._sweeper import OptunaSweep
 
-        launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config
-        )
+        launcher = instantiate_launcher(hydra_context, task_function, config)
         self.sweep_run = OptunaSweep(self.settings, config, hydra_context, launcher)
 
     def sweep(self, arguments: list[str]) -> None:
@@ -45,7 +44,7 @@ class OptunaSweeper(Sweeper):
 
 def register_optuna_sweeper() -> None:
     """Hydra only instantiates registered plugins, and its scan misses editable installs."""
-    Plugins.instance().register(OptunaSweeper)
+    register_plugin(OptunaSweeper)
 
 
 def job_trial(study_name: str, trial_number: int) -> optuna.trial.Trial | None:

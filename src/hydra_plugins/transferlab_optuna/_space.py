@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, Transformer
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -20,6 +18,14 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from transferlab.compat import (
+    ChoiceSweep,
+    IntervalSweep,
+    Override,
+    OverridesParser,
+    Transformer,
+    overrides_parser,
+)
 from transferlab.errors import UserError
 
 INTERVAL_TAGS = {"log"}
@@ -50,7 +56,7 @@ def parse_search_space(
 ) -> SearchSpace:
     """A later override of a key replaces an earlier one (the command line, after the
     sweeper's `params`, wins)."""
-    parser = parser or OverridesParser.create()
+    parser = parser or overrides_parser()
     latest: dict[str, Override] = {}
     for override in parser.parse_overrides(list(overrides)):
         latest[_param_name(override)] = override

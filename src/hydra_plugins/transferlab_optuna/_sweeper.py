@@ -15,98 +15,40 @@ import os
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import optuna
-from hydra._internal.core_plugins.basic_launcher import BasicLauncher
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Quote, QuotedString
-from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
+from hydra_plugins.transferlab_optuna._settings import Settings, with_direction
 from hydra_plugins.transferlab_optuna._space import SearchSpace, grid, parse_search_space
 from hydra_plugins.transferlab_optuna._study import (
     LIVE_STORAGES,
-    PRUNERS,
     SAMPLERS,
     build,
     build_pruner,
-    check_choice,
     open_storage,
-    pick,
     trials_in,
 )
-from transferlab.errors import UserError, one_of
-from transferlab.objective import direction
+from transferlab.compat import (
+    JobReturn,
+    JobStatus,
+    Quote,
+    QuotedString,
+    job_error,
+    overrides_parser,
+    runs_in_this_process,
+)
+from transferlab.errors import UserError
 from transferlab.tracking.sweep import PARENT_RUN_ENV
 
-DIRECTIONS = ("maximize", "minimize")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 RESULTS_FILE = "optimization_results.yaml"
-
-
-@dataclass(frozen=True)
-class Settings:
-    """hydra.sweeper, checked (see conf/hydra/sweeper/optuna.yaml for what each key does)."""
-
-    direction: str | None = None  # None: follows optimize_metric (objective.direction)
-    n_trials: int = 20
-    n_jobs: int = 1
-    sampler: str = "tpe"
-    samplers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    seed: int | None = None
-    pruner: str = "none"
-    pruners: dict[str, dict[str, Any]] = field(default_factory=dict)
-    storage: str | None = None
-    study_name: str | None = None
-    params: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, raw: dict[str, Any]) -> Settings:
-        known = [f.name for f in fields(cls)]
-        for key in raw:
-            if key not in known:
-                raise UserError(f"hydra.sweeper.{key} is not a setting; use {one_of(known)}")
-        plain = {
-            k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in raw.items()
-        }
-        settings = cls(**plain)
-        settings.check()
-        return settings
-
-    def check(self) -> None:
-        if self.direction is not None:
-            check_choice("direction", self.direction, DIRECTIONS)
-        pick(SAMPLERS, "sampler", self.sampler)
-        pick(PRUNERS, "pruner", self.pruner)
-        for key in ("n_trials", "n_jobs"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UserError(f"hydra.sweeper.{key}={value!r} must be a whole number >= 1")
-        if self.seed is not None and (
-            not isinstance(self.seed, int) or isinstance(self.seed, bool)
-        ):
-            raise UserError(f"hydra.sweeper.seed={self.seed!r} must be a whole number or null")
-
-
-def _with_direction(settings: Settings, metric: str) -> Settings:
-    """The study's direction is the objective's (derived from `optimize_metric`, as the
-    sweep's parent and the report derive it); a contradicting one is refused before any
-    trial runs."""
-    derived = direction(metric)
-    if settings.direction not in (None, derived):
-        raise UserError(
-            f"hydra.sweeper.direction={settings.direction} contradicts "
-            f"optimize_metric={metric!r}, which is {derived}d; leave hydra.sweeper.direction "
-            "unset (it follows optimize_metric)"
-        )
-    return replace(settings, direction=derived)
 
 
 class OptunaSweep:
@@ -117,9 +59,9 @@ class OptunaSweep:
         hydra_context: HydraContext,
         launcher: Launcher,
     ) -> None:
-        self.settings = _with_direction(Settings.parse(settings), config.optimize_metric)
+        self.settings = with_direction(Settings.parse(settings), config.optimize_metric)
         self.config = config
-        self.parser = OverridesParser.create(config_loader=hydra_context.config_loader)
+        self.parser = overrides_parser(hydra_context.config_loader)
         self.launcher = launcher
         self.cwd = config.hydra.runtime.cwd
         _check_study_reachable(self.settings, launcher)
@@ -232,7 +174,7 @@ class OptunaSweep:
 def outcome(job: JobReturn) -> tuple[TrialState, float | None, str]:
     """How a job ended, as a trial state, its objective value and a note."""
     if job.status != JobStatus.COMPLETED:
-        error = job._return_value  # `return_value` would re-raise it (and print a line)
+        error = job_error(job)
         state = TrialState.PRUNED if isinstance(error, optuna.TrialPruned) else TrialState.FAIL
         return state, None, f"{type(error).__name__}: {error}"
     try:
@@ -257,11 +199,16 @@ def log_to_sweep_run(study_name: str, best: FrozenTrial | None) -> None:
     import mlflow
     from mlflow.entities import Metric, Param, RunTag
 
+    from transferlab.tracking.mlflow_run import MAX_PARAM_VALUE
+
     tags = [RunTag("optuna.study_name", study_name)]
     params, metrics = [], []
     if best is not None:
         tags.append(RunTag("optuna.best_trial", str(best.number)))
-        params = [Param(_param_key(name), str(value)[:6000]) for name, value in best.params.items()]
+        params = [
+            Param(_param_key(name), str(value)[:MAX_PARAM_VALUE])
+            for name, value in best.params.items()
+        ]
         metrics = [Metric("best/objective", best.value, int(time.time() * 1000), 0)]
     client = mlflow.MlflowClient(mlflow.get_tracking_uri())
     client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
@@ -312,7 +259,7 @@ def _check_study_reachable(settings: Settings, launcher: Launcher) -> None:
     if (
         settings.storage is None
         and settings.pruner != "none"
-        and not isinstance(launcher, BasicLauncher)
+        and not runs_in_this_process(launcher)
     ):
         raise UserError(
             f"hydra.sweeper.pruner={settings.pruner} with storage=null: the study is kept in "

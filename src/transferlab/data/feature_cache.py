@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from transferlab.atomic import write_atomically
 from transferlab.errors import UserError, one_of
+from transferlab.inference import AUTOCAST_DTYPES, autocast, eval_mode
 from transferlab.safe_load import load_tensors
 
 # Bump when what is stored, or how it is computed, changes: old entries then stop matching.
 CACHE_FORMAT = 1
 FULL_PRECISION = ("32-true", "32")
-AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def extract_features(
@@ -41,17 +41,17 @@ def extract_features(
     rather than silently run as bf16. The backbone's train/eval modes are restored after.
     """
     device = next(backbone.parameters()).device
-    autocast = _autocast(precision, device)
+    mixed = _checked_autocast(precision, device)
     features, labels = [], []
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=0)
-    with _eval_mode(backbone), torch.inference_mode(), autocast:
+    with eval_mode(backbone), torch.inference_mode(), mixed:
         for images, targets in loader:
             features.append(backbone(images.to(device, non_blocking=True)).float().cpu())
             labels.append(torch.as_tensor(targets, dtype=torch.int64))
     return torch.cat(features), torch.cat(labels)
 
 
-def _autocast(precision: str, device: torch.device):
+def _checked_autocast(precision: str, device: torch.device) -> AbstractContextManager:
     if precision in FULL_PRECISION:
         return nullcontext()
     if precision not in AUTOCAST_DTYPES:
@@ -64,19 +64,7 @@ def _autocast(precision: str, device: torch.device):
             "trainer.precision='16-mixed' is not supported on a CPU (fp16 AMP is GPU-only "
             "in Lightning); use bf16-mixed or 32-true"
         )
-    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
-
-
-@contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """Eval mode inside, each submodule's own mode back after (frozen BatchNorm included)."""
-    modes = {m: m.training for m in module.modules()}
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes.items():
-            m.training = training
+    return autocast(precision, device)
 
 
 class FeatureCache:

@@ -21,7 +21,7 @@ from torch.utils.data import (
 
 from transferlab.data.datasets import LabelledImages
 from transferlab.data.feature_cache import json_digest
-from transferlab.data.splits import TASK_KEYS, Fold, TaskSpec, TaskSplits, carve_task
+from transferlab.data.splits import Fold, TaskSpec, TaskSplits, carve_task
 from transferlab.data.transforms import Preprocessing
 from transferlab.errors import instantiate
 
@@ -40,7 +40,7 @@ class TransferDataModule(pl.LightningDataModule):
 
     After `setup`, `identity` says which data was loaded, as plain JSON data: the dataset's
     own `identity()` (a user's class without one: its resolved config, so a relative path
-    in it names no particular folder), the task keys and the fold; `dataset_digest` is a
+    in it names no particular folder), `dataset.task` and the fold; `dataset_digest` is a
     short hash of it, for a run to record."""
 
     def __init__(
@@ -54,8 +54,8 @@ class TransferDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         config = OmegaConf.to_container(dataset, resolve=True)
-        self.source_config = {k: v for k, v in config.items() if k not in TASK_KEYS}
-        self.task = TaskSpec(**{k: v for k, v in config.items() if k in TASK_KEYS})
+        self.task = TaskSpec(**config.pop("task", {}))  # ours: the class never sees it
+        self.source_config = config
         self.preprocessing = preprocessing
         self.batch_size = loader.batch_size
         self.num_workers = worker_count(loader.num_workers)
@@ -156,7 +156,7 @@ class TransferDataModule(pl.LightningDataModule):
 
     def state_dict(self) -> dict[str, int]:
         """Saved in every checkpoint: where in the training order the run is."""
-        from transferlab.checkpointing import training_position
+        from transferlab.compat import training_position
 
         epoch, done, epoch_ended = training_position(self.trainer)
         if epoch_ended:

@@ -6,7 +6,7 @@ training seed does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,16 +19,14 @@ from transferlab.errors import UserError
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """The dataset config keys that describe the task rather than the data source."""
+    """`dataset.task`, typed: what carves the task out of the data source (its fields are
+    the node's keys; validation accepts these and no others)."""
 
     classes: list | None = None
     train_per_class: int | None = None
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     split_seed: int = 0
-
-
-TASK_KEYS = frozenset(f.name for f in fields(TaskSpec))
 
 
 @dataclass
@@ -89,7 +87,7 @@ def _hold_out(parts: dict[str, LabelledImages], task: TaskSpec) -> dict[str, Lab
             continue
         if fraction <= 0:
             raise UserError(
-                f"dataset.{name}_fraction=0 but the dataset has no {name} split of its own"
+                f"dataset.task.{name}_fraction=0 but the dataset has no {name} split of its own"
             )
         share = fraction / remaining
         parts["train"], parts[name] = _stratified_split(parts["train"], share, task.split_seed)
@@ -119,7 +117,7 @@ def _class_indices(classes: list | None, names: list[str]) -> list[int]:
             indices.append(names.index(str(c)))
         else:
             raise UserError(
-                f"dataset.classes has {c!r}, which is not a class; use indices 0 to "
+                f"dataset.task.classes has {c!r}, which is not a class; use indices 0 to "
                 f"{len(names) - 1} or names from {names[:10]}"
             )
     return indices
@@ -139,7 +137,7 @@ def _few_per_class(part: LabelledImages, per_class: int, seed: int) -> LabelledI
         members = np.flatnonzero(part.targets == label)
         if len(members) < per_class:
             raise UserError(
-                f"dataset.train_per_class={per_class} but class {label} has only "
+                f"dataset.task.train_per_class={per_class} but class {label} has only "
                 f"{len(members)} training images; use at most {len(members)}"
             )
         chosen.append(rng.permutation(members)[:per_class])

@@ -1,22 +1,21 @@
 """Fine-tuning regularised toward the source model.
 
-Each regulariser is a small nn.Module whose forward returns the penalty added to the loss
-(logged as `train/reg`). Whatever it keeps of the source is a frozen buffer or a frozen
-copy: saved in checkpoints, never trained.
+Each regulariser is a small nn.Module (`regularizer._target_`, built with `backbone` and
+`head` filled in) whose forward returns the penalty added to the loss (logged as
+`train/reg`); each checks its own options. Whatever it keeps of the source is a frozen
+buffer or a frozen copy: saved in checkpoints, never trained.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transferlab.errors import UserError, one_of
-from transferlab.models.backbones import Backbone
+from transferlab.components import choice, number
+from transferlab.models.backbone import Backbone
 
 
 class L2SP(nn.Module):
@@ -33,11 +32,17 @@ class L2SP(nn.Module):
         self, backbone: Backbone, head: nn.Module, alpha: float = 0.01, beta: float = 0.01
     ):
         super().__init__()
+        self.check_options(alpha=alpha, beta=beta)
         self.alpha, self.beta = alpha, beta
         self.backbone_params = [p for p in backbone.network.parameters()]
         self.head_params = list(head.parameters())
         for i, p in enumerate(self.backbone_params):
             self.register_buffer(f"source_{i}", p.detach().clone())
+
+    @staticmethod
+    def check_options(alpha: float, beta: float) -> None:
+        number("alpha", alpha)
+        number("beta", beta)
 
     def forward(self, images: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         to_source = sum(
@@ -49,15 +54,6 @@ class L2SP(nn.Module):
 
 
 KL_CHOICES = {"target": ("logits", "features"), "distance": ("l2", "cosine")}
-
-
-def check_kl_options(options: Mapping[str, Any]) -> None:
-    """KLSource's choices among `options`, also checked by config.validate before any run."""
-    for key, value in options.items():
-        if key in KL_CHOICES and value not in KL_CHOICES[key]:
-            raise UserError(
-                f"regularizer.{key}={value!r} is unknown; use {one_of(KL_CHOICES[key])}"
-            )
 
 
 class KLSource(nn.Module):
@@ -80,7 +76,7 @@ class KLSource(nn.Module):
         distance: str = "l2",
     ):
         super().__init__()
-        check_kl_options({"target": target, "distance": distance})
+        self.check_options(weight=weight, temperature=temperature, target=target, distance=distance)
         self.weight, self.temperature, self.target, self.distance = (
             weight,
             temperature,
@@ -89,6 +85,13 @@ class KLSource(nn.Module):
         )
         self.source = copy.deepcopy(backbone).requires_grad_(False).eval()
         self.source_head = backbone.source_head  # frozen; shared, not copied
+
+    @staticmethod
+    def check_options(weight: float, temperature: float, target: str, distance: str) -> None:
+        number("weight", weight)
+        number("temperature", temperature, strict=True)
+        choice("target", target, KL_CHOICES["target"])
+        choice("distance", distance, KL_CHOICES["distance"])
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -110,21 +113,3 @@ class KLSource(nn.Module):
         if self.distance == "cosine":
             return (1 - F.cosine_similarity(features, source, dim=1)).mean()
         return F.mse_loss(features, source)
-
-
-REGULARIZERS: dict[str, type[nn.Module]] = {"l2_sp": L2SP, "kl_source": KLSource}
-
-
-def build_regularizer(
-    name: str, backbone: Backbone, head: nn.Module, **options
-) -> nn.Module | None:
-    if name == "none":
-        return None
-    if name not in REGULARIZERS:
-        raise UserError(
-            f"regularizer.name={name!r} is unknown; use {one_of(['none', *REGULARIZERS])}"
-        )
-    try:
-        return REGULARIZERS[name](backbone, head, **options)
-    except TypeError as err:
-        raise UserError(f"regularizer={name}: {err}") from err

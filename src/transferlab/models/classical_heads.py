@@ -10,8 +10,6 @@ dimensions dominate, the best `C` moves with the backbone, and the solvers conve
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
 from pathlib import Path
 
 import joblib
@@ -24,57 +22,53 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
-from transferlab.errors import UserError, one_of
+from transferlab.components import ClassicalHead, choice, number, whole_number
+from transferlab.errors import UserError
 
 SVM_KERNELS = ("linear", "rbf", "poly", "sigmoid")
 
 
-def _svm(kernel: str = "linear", C: float = 1.0) -> Pipeline:
+class SVMHead(ClassicalHead):
     """linear: LinearSVC (liblinear, one-vs-rest: fast on many examples); other kernels: SVC.
 
     No probabilities: SVC's Platt scaling costs an internal 5-fold fit and can disagree
     with `predict`; `evaluate` uses the hinge loss instead.
     """
-    if kernel not in SVM_KERNELS:
-        raise UserError(f"head.kernel={kernel!r} is unknown; use {one_of(SVM_KERNELS)}")
-    _check_positive("C", C)
-    if kernel == "linear":  # random_state: liblinear's dual solver shuffles; keep runs equal
-        return _standardised(LinearSVC(C=C, random_state=0))
-    return _standardised(SVC(kernel=kernel, C=C))
+
+    def __init__(self, kernel: str = "linear", C: float = 1.0):
+        self.check_options(kernel=kernel, C=C)
+        self.kernel, self.C = kernel, C
+
+    @staticmethod
+    def check_options(kernel: str, C: float) -> None:
+        choice("kernel", kernel, SVM_KERNELS)
+        number("C", C, strict=True)
+
+    def estimator(self) -> Pipeline:
+        if self.kernel == "linear":  # random_state: liblinear's dual solver shuffles
+            return _standardised(LinearSVC(C=self.C, random_state=0))
+        return _standardised(SVC(kernel=self.kernel, C=self.C))
 
 
-def _logreg(C: float = 1.0, max_iter: int = 1000) -> Pipeline:
+class LogisticRegressionHead(ClassicalHead):
     """Multinomial logistic regression; lbfgs often needs more than sklearn's default 100
     iterations on a few hundred feature dimensions."""
-    _check_positive("C", C)
-    _check_positive("max_iter", max_iter)
-    return _standardised(LogisticRegression(C=C, max_iter=max_iter))
 
+    def __init__(self, C: float = 1.0, max_iter: int = 1000):
+        self.check_options(C=C, max_iter=max_iter)
+        self.C, self.max_iter = C, max_iter
 
-BUILDERS: dict[str, Callable[..., Pipeline]] = {"svm": _svm, "logreg": _logreg}
+    @staticmethod
+    def check_options(C: float, max_iter: int) -> None:
+        number("C", C, strict=True)
+        whole_number("max_iter", max_iter, 1)
 
-
-def build_classical_head(name: str, **options) -> Pipeline:
-    """An unfitted estimator: fit it on the training features and labels."""
-    if name not in BUILDERS:
-        raise UserError(f"head.name={name!r} is unknown; use {one_of(BUILDERS)}")
-    build = BUILDERS[name]
-    accepted = list(inspect.signature(build).parameters)
-    for option in options:
-        if option not in accepted:
-            raise UserError(
-                f"head.{option} is not an option of the {name} head; use {one_of(accepted)}"
-            )
-    return build(**options)
+    def estimator(self) -> Pipeline:
+        return _standardised(LogisticRegression(C=self.C, max_iter=self.max_iter))
 
 
 def _standardised(classifier: ClassifierMixin) -> Pipeline:
     return make_pipeline(StandardScaler(), classifier)
-
-
-def _check_positive(option: str, value: float) -> None:
-    if not value > 0:
-        raise UserError(f"head.{option}={value} must be positive")
 
 
 def evaluate(

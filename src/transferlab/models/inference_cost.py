@@ -6,8 +6,8 @@ overhead is meant to stay under a second, so latency is timed within a small bud
 (`BUDGET_S`, plus one warm-up call per batch size) and reported as a median; and since
 latency depends on the architecture and not on the weights, the trials of a sweep that
 share one are timed once per process (`_timed_latencies`). The model
-is timed as `transferlab-export` ships it: eager PyTorch (not the `trainer.compile`
-wrapper), float32 weights unless the run trained in a `*-true` precision.
+is timed as `transferlab-export` ships it: eager PyTorch (not the
+`trainer.gpu.compile` wrapper), float32 weights unless the run trained in a `*-true` precision.
 
 scikit-learn heads (svm, logreg) get no cost metrics: their model is a frozen backbone plus
 an estimator whose size and speed are not comparable with a network's, and backbone-only
@@ -19,20 +19,20 @@ from __future__ import annotations
 import io
 import statistics
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from transferlab.finetune.freezing import frozen_stages
-from transferlab.models.backbones import Backbone
+from transferlab.finetune.freezing import FreezeStrategy
+from transferlab.inference import autocast, eval_mode
+from transferlab.models.backbone import Backbone
 
 BUDGET_S = 0.2  # timing budget per run, shared by the two batch sizes
 MAX_REPEATS = 20  # a tiny model stops here rather than at the budget
-AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 INPUT_SEED = 0  # the timed inputs come from a generator of their own: the global RNG is untouched
 _timed_latencies: dict[tuple, float] = {}  # (architecture, input, device, threads, ...) -> ms
 
@@ -77,7 +77,7 @@ def device_description(device: torch.device) -> str:
 def inference_cost(
     backbone: Backbone,
     head: nn.Module,
-    freeze: Mapping[str, Any],
+    freeze: FreezeStrategy,
     setting: InferenceSetting,
     batch_size: int,
 ) -> dict[str, float]:
@@ -98,7 +98,7 @@ def inference_cost(
 
 
 def parameter_counts(
-    backbone: Backbone, head: nn.Module, freeze: Mapping[str, Any], epochs: int
+    backbone: Backbone, head: nn.Module, freeze: FreezeStrategy, epochs: int
 ) -> tuple[int, int]:
     """(total, trainable) parameters of the deployed model (the source classifier is not
     part of it). Trainable: the head, and every backbone stage that the freeze strategy
@@ -111,7 +111,7 @@ def parameter_counts(
         stage
         for epoch in range(epochs)
         for stage in set(range(backbone.num_stages))
-        - frozen_stages(freeze, backbone.num_stages, epoch)
+        - freeze.frozen_stages(backbone.num_stages, epoch)
     }
     backbone_count = sum(_count(backbone.stage_parameters(s)) for s in trained)
     return total, backbone_count + head_count
@@ -139,7 +139,7 @@ def latency_ms(
         setting.device,
         setting.precision,
         _dtype_of(model),
-        _is_channels_last(model),  # trainer.channels_last converted the weights
+        _is_channels_last(model),  # trainer.gpu.channels_last converted the weights
         torch.get_num_threads(),
     )
     if key not in _timed_latencies:
@@ -156,7 +156,7 @@ def _median_latency_ms(
         images = torch.randn((batch_size, *setting.image_shape), generator=generator)
         images = images.to(setting.device, dtype)
         sync = _synchronizer(setting.device)
-        with torch.inference_mode(), _autocast(setting.precision, setting.device):
+        with torch.inference_mode(), autocast(setting.precision, setting.device):
             deadline = time.perf_counter() + budget_s
             _timed(model, images, sync)
             times: list[float] = []
@@ -176,16 +176,14 @@ def _timed(model: nn.Module, images: torch.Tensor, sync: Callable[[], None]) -> 
 def _placed(model: nn.Module, device: torch.device) -> Iterator[None]:
     """Eval mode on `device` inside; each child's device and each module's mode restored
     after (Lightning leaves a trained model on the CPU; frozen BatchNorm stays in eval)."""
-    modes = {m: m.training for m in model.modules()}
     homes = {child: _device_of(child) for child in model.children()}
-    model.eval().to(device)
-    try:
-        yield
-    finally:
-        for child, home in homes.items():
-            child.to(home)
-        for m, training in modes.items():
-            m.training = training
+    with eval_mode(model):
+        model.to(device)
+        try:
+            yield
+        finally:
+            for child, home in homes.items():
+                child.to(home)
 
 
 def _dtype_of(module: nn.Module) -> torch.dtype:
@@ -207,11 +205,6 @@ def _synchronizer(device: torch.device) -> Callable[[], None]:
     if device.type == "cuda":
         return lambda: torch.cuda.synchronize(device)
     return lambda: None
-
-
-def _autocast(precision: str, device: torch.device):
-    dtype = AUTOCAST_DTYPES.get(precision)
-    return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
 
 
 def _count(parameters) -> int:

@@ -14,13 +14,9 @@ from torch import nn
 
 from transferlab.data.transforms import Preprocessing
 from transferlab.errors import UserError
-from transferlab.models.backbones import (
-    Backbone,
-    StagePrefixes,
-    _in_stage,
-    _resized,
-    load_weights_file,
-)
+from transferlab.models.backbone import Backbone, StagePrefixes, in_stage
+from transferlab.models.input_size import check_input_size, resized
+from transferlab.models.weights_file import load_weights_file
 
 
 def build_timm_backbone(
@@ -33,6 +29,7 @@ def build_timm_backbone(
 
     `weights_path` (a file or an MLflow URI) is used instead of timm's pretrained weights.
     """
+    check_input_size(input_size)
     network = _create(name, pretrained and weights_path is None)
     classifier = _classifier_path(network, name)
     if weights_path is not None:
@@ -40,8 +37,11 @@ def build_timm_backbone(
     preprocessing = _preprocessing(network)
     if input_size is not None:
         fixed = network.pretrained_cfg.get("fixed_input_size", False)
-        preprocessing = _resized(preprocessing, input_size, name, fixed)
+        preprocessing = resized(preprocessing, input_size, name, fixed)
     return Backbone(network, classifier, feature_stages(network, classifier), preprocessing, name)
+
+
+build_timm_backbone.check_options = check_input_size  # the model name is checked by timm
 
 
 def feature_stages(network: nn.Module, classifier: str) -> StagePrefixes:
@@ -53,14 +53,14 @@ def feature_stages(network: nn.Module, classifier: str) -> StagePrefixes:
     modules = [n for n, _ in network.named_modules()]
     position = {n: i for i, n in enumerate(modules)}
     ends = [
-        max(i for i, n in enumerate(modules) if _in_stage(n, [info["module"]]))
+        max(i for i, n in enumerate(modules) if in_stage(n, [info["module"]]))
         for info in getattr(network, "feature_info", [])
     ]
     last = max(len(ends), 1) - 1
     stage_of = {
         n: min(bisect_left(ends, position[n.rpartition(".")[0]]), last)
         for n, _ in network.named_parameters()
-        if not _in_stage(n, [classifier])
+        if not in_stage(n, [classifier])
     }
     return _shortest_prefixes(stage_of, last + 1)
 

@@ -4,7 +4,7 @@ A run is FINISHED on success, FAILED (with the error as a tag) on any exception,
 Ctrl-C; never left RUNNING. A run whose process was killed outright (SIGKILL, power loss) is
 failed by the next start on its host, which finds its process gone. Metrics are written by a
 background thread, in batches, so that training never waits on the store; every one is
-written before the run ends.
+written before the run ends (tracking.metric_writer).
 
 A tracking server that goes away mid-run (down, unreachable, or answering 5xx/429):
 - Metrics stay queued in memory, in order, and the writer tries again after a growing pause
@@ -25,10 +25,8 @@ A tracking server that goes away mid-run (down, unreachable, or answering 5xx/42
 from __future__ import annotations
 
 import json
-import queue
 import shlex
 import sys
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -38,14 +36,9 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 
 from transferlab.errors import RunStopped, UserError
+from transferlab.tracking.metric_writer import MetricWriter
 from transferlab.tracking.orphans import fail_orphaned_runs, process_tags
-from transferlab.tracking.store import (
-    MAX_PAUSE,
-    SERVER_WAIT,
-    RetryingClient,
-    connect,
-    server_outage,
-)
+from transferlab.tracking.store import SERVER_WAIT, RetryingClient, connect, server_outage
 
 MAX_PARAM_VALUE = 6000  # MLflow's limit
 BATCH = 100  # MLflow accepts at most 100 params per log_batch
@@ -266,82 +259,3 @@ class MetricsNotWritten(RuntimeError):
 class RunKeptLocally(UserError):
     """The tracking server did not come back before the run ended: what it did not take is
     in a local file, to import (named in the message, with the command)."""
-
-
-class MetricWriter:
-    """Writes one run's metrics from a background thread, at most once per `interval`
-    seconds (and when the run ends). A write to a sqlite store costs ~8 ms of Python here
-    and Lightning logs three times an epoch: done in line, or on every log call, that was
-    ~8 % of a small model's training (bench/tracking_overhead.py). While the tracking
-    server is down, metrics stay queued, in order, and are tried again after a growing
-    pause; at the end, within the client's wait for the server; those it never took are
-    left in `unsent`."""
-
-    MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
-    _CLOSE = object()
-
-    def __init__(self, client: RetryingClient, run_id: str, interval: float = 1.0):
-        self.client, self.run_id, self.interval = client, run_id, interval
-        self.impatient = client.without_waiting()  # mid-run the writer tries again itself
-        self.queue: queue.Queue = queue.Queue()
-        self.refused: list[str] = []
-        self.unsent: list[Metric] = []
-        self.thread = threading.Thread(target=self._run, name=f"metrics-{run_id}", daemon=True)
-        self.thread.start()
-
-    def put(self, metrics: list[Metric]) -> None:
-        self.queue.put(metrics)
-
-    def close(self) -> list[str]:
-        """Waits until every queued metric is written, or the server had its wait to come
-        back (those left are then in `unsent`); returns what the store refused."""
-        if self.thread.is_alive():
-            self.queue.put(self._CLOSE)
-            self.thread.join()
-        return self.refused
-
-    def _run(self) -> None:
-        pending: list[Metric] = []
-        due = None  # when the pending metrics are written next
-        pause = self.interval  # grows while the server is down
-        while True:
-            timeout = None if due is None else max(0.0, due - time.monotonic())
-            try:
-                item = self.queue.get(timeout=timeout)
-            except queue.Empty:
-                item = []  # the interval or the pause is over
-            if item is self._CLOSE:
-                self.unsent = self._write(pending, self.client)
-                return
-            pending += item
-            due = due or time.monotonic() + self.interval
-            full = len(pending) >= self.MAX_BATCH and pause == self.interval  # and server up
-            if full or time.monotonic() >= due:
-                pending = self._write(pending, self.impatient)
-                pause = min(2 * pause, MAX_PAUSE) if pending else self.interval
-                due = time.monotonic() + pause if pending else None
-
-    def _write(self, metrics: list[Metric], client: RetryingClient) -> list[Metric]:
-        """Writes in batches; returns the metrics left unwritten as the server is down."""
-        for start in range(0, len(metrics), self.MAX_BATCH):
-            batch = metrics[start : start + self.MAX_BATCH]
-            try:
-                client.log_batch(self.run_id, metrics=batch)
-            except Exception as error:
-                if server_outage(error) is not None:
-                    return metrics[start:]
-                left = self._write_each(batch, client)  # one bad metric fails the batch
-                if left:
-                    return left + metrics[start + self.MAX_BATCH :]
-        return []
-
-    def _write_each(self, batch: list[Metric], client: RetryingClient) -> list[Metric]:
-        for index, metric in enumerate(batch):
-            try:
-                client.log_batch(self.run_id, metrics=[metric])
-            except Exception as error:  # kept for close(): nothing is dropped silently
-                if server_outage(error) is not None:
-                    return batch[index:]
-                reason = str(error).partition("\n")[0]
-                self.refused.append(f"{metric.key} (step {metric.step}): {reason}")
-        return []

@@ -14,7 +14,7 @@ from pathlib import Path
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from transferlab.resume import CHECKPOINT_TAG
+from transferlab.tracking.recorded import CHECKPOINT_TAG
 
 HOST_TAG = "transferlab.host"
 PID_TAG = "transferlab.pid"

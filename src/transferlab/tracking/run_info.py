@@ -1,5 +1,6 @@
 """What every run records about itself: its name, group choices, params, config files and
-the tags that link it to its sweep."""
+the tags that link it to its sweep; and the record of a sweep job that failed before its
+run existed. Read back by rerun, resume and export (see tracking.recorded)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from transferlab.components import target_name
 from transferlab.objective import GROUPS
 from transferlab.tracking.environment import device_name, environment_tags
-from transferlab.tracking.mlflow_run import TrackedRun, Tracker
+from transferlab.tracking.mlflow_run import MAX_PARAM_VALUE, TrackedRun, Tracker
+from transferlab.tracking.recorded import EXPERIMENT_CONFIG, STAGE_CONFIG
 from transferlab.tracking.redaction import flatten, redacted, redacted_command, redacted_override
+from transferlab.tracking.store import tracking_uri
 from transferlab.tracking.sweep import PARENT_RUN_ENV
-
-EXPERIMENT_CONFIG = "experiment.yaml"
 
 
 def sweep_tags() -> dict[str, str]:
@@ -24,6 +26,20 @@ def sweep_tags() -> dict[str, str]:
     if not parent:
         return {}
     return {"mlflow.parentRunId": parent, "transferlab.overrides": " ".join(_overrides())}
+
+
+def record_failed_job(cfg: DictConfig, error: Exception) -> None:
+    """A job that failed before its run existed (or outside it) still leaves a FAILED child."""
+    if not os.environ.get(PARENT_RUN_ENV) or getattr(error, "recorded_in_sweep", False):
+        return
+    tracker = Tracker(tracking_uri(cfg.tracking.uri), cfg.experiment_name)
+    tags = {
+        **sweep_tags(),  # its parent and overrides
+        "error": f"{type(error).__name__}: {error}"[:MAX_PARAM_VALUE],
+        "transferlab.role": "failed-job",
+    }
+    run = tracker.client.create_run(tracker.experiment_id, run_name="failed-job", tags=tags)
+    tracker.client.set_terminated(run.info.run_id, "FAILED")
 
 
 def run_tags(cfg: DictConfig, role: str) -> dict[str, str]:
@@ -48,7 +64,7 @@ def run_name(cfg: DictConfig, choices: dict[str, str], role: str) -> str:
     backbone = choices.get("backbone", cfg.backbone.get("arch", "backbone"))
     if role in ("source", "scratch"):
         return f"{backbone}-{role}"
-    freeze = choices.get("freeze", cfg.freeze.name)
+    freeze = choices.get("freeze") or target_name(cfg.freeze)
     optimizer = choices.get("optimizer", cfg.optimizer._target_.rsplit(".", 1)[-1].lower())
     return f"{backbone}-{freeze}-{optimizer}"
 
@@ -69,10 +85,10 @@ def log_config(
     params.pop("output_dir")  # differs every run; the run's own folder, not a setting
     run.log_params(params)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    (stage_dir / "config.yaml").write_text(OmegaConf.to_yaml(recorded))
+    (stage_dir / STAGE_CONFIG).write_text(OmegaConf.to_yaml(recorded))
     (stage_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(_overrides()))
     (stage_dir / EXPERIMENT_CONFIG).write_text(OmegaConf.to_yaml(tracker.experiment))
-    for name in ("config.yaml", "overrides.yaml", EXPERIMENT_CONFIG):
+    for name in (STAGE_CONFIG, "overrides.yaml", EXPERIMENT_CONFIG):
         run.log_artifact(stage_dir / name)
 
 

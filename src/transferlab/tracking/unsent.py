@@ -22,8 +22,9 @@ from typing import Any
 
 from mlflow.entities import Metric
 
-from transferlab.errors import UserError
-from transferlab.tracking.mlflow_run import MAX_PARAM_VALUE, UNSENT_GLOB, MetricWriter, send_record
+from transferlab.errors import exits_on_user_error
+from transferlab.tracking.metric_writer import MetricWriter
+from transferlab.tracking.mlflow_run import MAX_PARAM_VALUE, UNSENT_GLOB, send_record
 from transferlab.tracking.store import RetryingClient, ServerUnreachable, connect
 
 NOT_IMPORTED_TAG = "transferlab.not_imported"  # next to the run's own error, if any
@@ -41,11 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         print(f"{args.path}: no {UNSENT_GLOB} file to import", file=sys.stderr)
         return 1
-    try:
+    with exits_on_user_error():
         return max(import_file(path, args.tracking_uri) for path in files)
-    except UserError as error:
-        print(error, file=sys.stderr)
-        return 1
 
 
 def unsent_files(path: Path) -> list[Path]:
