@@ -219,7 +219,8 @@ TORCHVISION_BACKBONES = (
 
 def test_options_extend_their_base_and_bases_are_no_choices(make_config):
     """Each torchvision backbone sets its `arch` only; every dataset gets the base's task
-    (digits changes one key of it); every trainer the base's keys; no base is an option."""
+    (digits changes one key of it); every trainer the base's keys, every optimizer the base's
+    param_groups; no base is an option."""
     from hydra.core.global_hydra import GlobalHydra
 
     for arch in TORCHVISION_BACKBONES.split():
@@ -232,6 +233,13 @@ def test_options_extend_their_base_and_bases_are_no_choices(make_config):
     for trainer in ("cpu", "gpu", "ddp"):
         node = make_config(f"trainer={trainer}").trainer
         assert node._target_ == "pytorch_lightning.Trainer" and node.max_epochs == 60
+    for optimizer in ("adam", "adamw", "sgd"):
+        node = make_config(f"optimizer={optimizer}").optimizer
+        assert node.param_groups == {
+            "backbone_lr_mult": 1.0,
+            "layer_decay": None,
+            "decay_bias_and_norm": False,
+        }
     with initialize_config_module("transferlab.conf", version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
         groups = loader.list_groups("")
