@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import sys
+import os
+from pathlib import Path
 
+import joblib
 import numpy as np
 import pytest
 import torch
@@ -91,13 +93,27 @@ def test_saved_head_loads_with_the_same_predictions(tmp_path, fitted, features, 
     np.testing.assert_array_equal(load(path).predict(x), fitted[head].predict(x))
 
 
-def test_without_skops_the_head_is_saved_with_joblib(tmp_path, fitted, features, monkeypatch):
-    monkeypatch.setitem(sys.modules, "skops.io", None)  # as if skops were not installed
-    head = fitted["logreg"]
-    path = save(head, tmp_path / "head")
-    assert path == tmp_path / "head.joblib"
-    x = features["test"][0].numpy()
-    np.testing.assert_array_equal(load(path).predict(x), head.predict(x))
+class PicklePayload:
+    """What a planted model file would hold: unpickling it runs `os.mkdir(marker)`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+@pytest.mark.parametrize("name", ["head.joblib", "head.skops"])
+def test_a_pickle_is_never_loaded_whatever_its_name(tmp_path, name):
+    marker = tmp_path / "payload-ran"
+    planted = tmp_path / name
+    joblib.dump(PicklePayload(marker), planted)
+    with pytest.raises(UserError, match=rf"^{planted}: .*not loading it") as error:
+        load(planted)
+    assert "joblib" in str(error.value) or "not a skops file" in str(error.value)
+    assert not marker.exists()
+    joblib.load(planted)  # the file is a live payload: unpickled, it runs
+    assert marker.is_dir()
 
 
 def _double(x):

@@ -325,7 +325,7 @@ def test_resume_from_a_last_ckpt_path_finishes_the_same_run_as_if_never_stopped(
     with pytest.raises(RunInterrupted):
         run_task(make_config(*common, killer))
     last = tmp_path / "outputs" / "finetune" / "checkpoints" / "last.ckpt"
-    run_task(make_config(f"resume={last}"))
+    run_task(make_config(*common, killer, f"resume={last}"))  # the same command, resumed
     (_, resumed) = runs()  # the interrupted run went on: no third run
     assert resumed.info.status == "FINISHED"
     for key in ("train/loss", "val/loss", "val/acc", "test/acc"):

@@ -3,6 +3,7 @@ are recorded as their `${oc.env:...}` expression; a run with a redacted secret i
 
 from __future__ import annotations
 
+import stat
 import sys
 from pathlib import Path
 
@@ -14,9 +15,11 @@ from omegaconf import OmegaConf
 from tests.conftest import FAST
 from transferlab.errors import UserError
 from transferlab.rerun import rerun
+from transferlab.scrub import scrubbed
 from transferlab.tracking.redaction import (
     REDACTED,
     is_secret,
+    redact_hydra_files,
     redacted,
     redacted_keys,
     redacted_override,
@@ -48,13 +51,19 @@ class PrivateDigits:
 @pytest.mark.parametrize(
     "key",
     ["hf_token", "db_password", "DB_PASSWD", "apiKey", "aws-access-key", "ssh.private_key",
-     "credentials.user", "+dataset.secret", "hydra.job.env_set.HF_TOKEN"],
+     "credentials.user", "+dataset.secret", "hydra.job.env_set.HF_TOKEN", "dataset.AUTH",
+     "http.Bearer", "web.session_id", "web.COOKIE", "db.pass", "db.pwd", "ssh.key",
+     "+dataset.extra.token", "hydra/launcher.api_key"],
 )  # fmt: skip
 def test_keys_that_look_like_secrets_are_secrets(key):
     assert is_secret(key)
 
 
-@pytest.mark.parametrize("key", ["optimizer.lr", "dataset.root", "backbone.weights", "seed"])
+@pytest.mark.parametrize(
+    "key",
+    ["optimizer.lr", "dataset.root", "backbone.weights", "seed", "scheduler.monitor_key",
+     "keys.path", "hydra.job.config.override_dirname.exclude_keys"],
+)  # fmt: skip
 def test_ordinary_keys_are_not(key):
     assert not is_secret(key)
 
@@ -70,10 +79,54 @@ def test_ordinary_keys_are_not(key):
         ("optimizer.lr=1e-3,3e-3", "optimizer.lr=1e-3,3e-3"),
         ("~dataset.token", "~dataset.token"),
         ("-m", "-m"),
+        (
+            "+dataset.extra={token:Zq7Abcd,n:[1,{Pwd:x}]}",
+            f"+dataset.extra={{token:{REDACTED},n:[1,{{Pwd:{REDACTED}}}]}}",
+        ),
+        (
+            "+d.e=choice({token:a},{token:b})",
+            f"+d.e=choice({{token:{REDACTED}}},{{token:{REDACTED}}})",
+        ),
+        ("tracking.uri=https://me:pw@host:5000", "tracking.uri=https://<redacted>@host:5000"),
+        (
+            "hydra.sweeper.storage=postgresql://u:pw@db/optuna",
+            "hydra.sweeper.storage=postgresql://<redacted>@db/optuna",
+        ),
+        # as Hydra escapes a sweep job's overrides
+        ("+x.url=https\\://u\\:pw@h/p", "+x.url=https\\://<redacted>@h/p"),
+        ("+dataset.KEY=Zq7Key", f"+dataset.KEY={REDACTED}"),
     ],
 )
 def test_an_override_with_a_secret_is_recorded_without_its_value(override, recorded):
     assert redacted_override(override) == recorded
+
+
+def test_free_text_loses_url_credentials_and_every_secret_redacted_before():
+    redacted_override("+dataset.extra={bearer:Zq7TextLeak}")  # now known by value
+    text = scrubbed("ConnectionError: https://u:pw@host refused Zq7TextLeak (as me)")
+    assert text == f"ConnectionError: https://{REDACTED}@host refused {REDACTED} (as me)"
+
+
+def test_a_sweep_config_and_hydra_files_are_saved_redacted_and_private(tmp_path):
+    hydra = {
+        "sweeper": {"storage": "postgresql://u:Zq7DbLeak@db/optuna"},
+        "job": {"override_dirname": "+dataset.token=Zq7Leak"},
+        "overrides": {"task": ["+dataset.token=Zq7Leak"], "hydra": []},
+    }
+    folder = tmp_path / ".hydra"
+    folder.mkdir()
+    OmegaConf.save(OmegaConf.create({"hydra": hydra}), folder / "hydra.yaml")
+    OmegaConf.save(OmegaConf.create({"db": {"password": "Zq7Leak"}}), folder / "config.yaml")
+    OmegaConf.save(OmegaConf.create(hydra["overrides"]["task"]), folder / "overrides.yaml")
+    redact_hydra_files(folder)
+    saved = OmegaConf.load(folder / "hydra.yaml").hydra
+    assert saved.sweeper.storage == f"postgresql://{REDACTED}@db/optuna"
+    assert saved.job.override_dirname == REDACTED
+    assert list(saved.overrides.task) == [f"+dataset.token={REDACTED}"]
+    assert OmegaConf.load(folder / "config.yaml").db.password == REDACTED
+    for path in folder.iterdir():
+        assert "Zq7" not in path.read_text() and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
 
 
 @pytest.fixture

@@ -138,10 +138,14 @@ def test_a_truncated_last_checkpoint_of_a_run_id_is_one_clear_line(
     interrupted = runs()[-1]
     last = Path(interrupted.data.tags[CHECKPOINT_TAG])
     _truncate(last)
-    with pytest.raises(UserError) as error:
-        run_task(make_config(f"resume={interrupted.info.run_id}"))
+    with pytest.raises(UserError) as error:  # the same command (its own callback), resumed
+        run_task(
+            make_config(*BASE, "trainer.max_epochs=3", killer, f"resume={interrupted.info.run_id}")
+        )
     message = str(error.value)
-    assert str(last) in message and "cannot be read: it is truncated" in message
+    # refused before it is read: it is no longer the file whose sha256 the run recorded
+    run_id = interrupted.info.run_id
+    assert str(last) in message and f"checkpoints/last.ckpt of run {run_id} has sha256" in message
     assert "\n" not in message
     assert client.get_run(interrupted.info.run_id).info.status != "RUNNING"
 

@@ -143,10 +143,11 @@ def test_what_a_server_that_never_returns_missed_is_kept_and_imported(
     server, experiment, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.chdir(tmp_path)  # no local_dir: kept under ./mlflow-unsent/<run id>/
-    report = tmp_path / "report.txt"
-    report.write_text("per-class report")
     tracker = Tracker(server.uri, experiment, server_wait=2)
     with pytest.raises(RunKeptLocally) as error, tracker.start_run("gone", {}) as run:
+        report = tmp_path / UNSENT_DIR / run.run_id / "report.txt"  # uploaded: in its folder
+        report.parent.mkdir(parents=True)
+        report.write_text("per-class report")
         step = log_for(run, 1.5, 0)
         server.stop()
         step = log_for(run, 1, step)
@@ -161,7 +162,7 @@ def test_what_a_server_that_never_returns_missed_is_kept_and_imported(
     server.wait_until_up()
     client = MlflowClient(server.uri)
     assert client.get_run(run.run_id).info.status == "RUNNING"
-    assert unsent.main([str(tmp_path)]) == 0
+    assert unsent.main([str(tmp_path), "--tracking-uri", server.uri]) == 0
 
     assert client.get_run(run.run_id).info.status == "FINISHED"
     assert_every_metric_arrived(client, run.run_id, step)

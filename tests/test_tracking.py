@@ -4,6 +4,7 @@ is failed by the next start, and a tracking server that does not answer stops a 
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -12,9 +13,9 @@ import pytest
 
 from tests.conftest import PYTHON
 from transferlab.errors import UserError
+from transferlab.tracking.environment import BOOT_TAG, MACHINE_TAG
 from transferlab.tracking.mlflow_run import MetricsNotWritten, Tracker
 from transferlab.tracking.orphans import (
-    HOST_TAG,
     PID_NAMESPACE_TAG,
     PID_START_TAG,
     PID_TAG,
@@ -92,32 +93,46 @@ def test_the_next_start_fails_a_run_whose_process_was_killed_and_offers_resume(
     client.set_terminated(alive)
 
 
-def test_a_reused_pid_fails_the_run_and_unknown_processes_are_left_alone(
+def test_only_this_machine_judges_its_runs_and_an_earlier_boot_is_dead(
     tracking_uri, client, experiment, capsys
 ):
+    """The store is shared: a run of another machine with this host name, pid namespace
+    and a dead pid is never touched; one of this machine's earlier boot is failed even
+    though its pid is alive now (another process of this boot)."""
     mine = process_tags()
-    if PID_START_TAG not in mine or PID_NAMESPACE_TAG not in mine:
-        pytest.skip("needs /proc: start times and pid namespaces")
+    if not {PID_START_TAG, PID_NAMESPACE_TAG, MACHINE_TAG, BOOT_TAG} <= set(mine):
+        pytest.skip("needs /proc and a machine id: start times, pid namespaces, boot ids")
     experiment_id = Tracker(tracking_uri, experiment).experiment_id
-    dead = "4194305"  # above Linux's largest pid
+    dead, alive = "4194305", str(os.getpid())  # above Linux's largest pid; this process
+    before_this_boot, now = 1_000, None  # ms since the epoch (in 1970); None: now
     runs = {
-        "earlier-process-same-pid": {PID_START_TAG: "1"},
-        "another-host": {HOST_TAG: "another-host", PID_TAG: dead},
-        "another-pid-namespace": {PID_NAMESPACE_TAG: "pid:[1]", PID_TAG: dead},
+        "earlier-process-same-pid": ({PID_START_TAG: "1"}, now),
+        "earlier-boot": ({BOOT_TAG: "an-earlier-boot", PID_TAG: alive}, before_this_boot),
+        "another-machine": ({MACHINE_TAG: "another-machine", PID_TAG: dead}, before_this_boot),
+        "no-machine-id": ({MACHINE_TAG: None, PID_TAG: dead}, before_this_boot),
+        "machine-id-copied-to-another": ({BOOT_TAG: "another-boot", PID_TAG: dead}, now),
+        "another-pid-namespace": ({PID_NAMESPACE_TAG: "pid:[1]", PID_TAG: dead}, now),
     }
-    ids = {
-        name: client.create_run(experiment_id, run_name=name, tags={**mine, **tags}).info.run_id
-        for name, tags in runs.items()
-    }
+    ids = {}
+    for name, (tags, start_time) in runs.items():
+        all_tags = {key: value for key, value in {**mine, **tags}.items() if value is not None}
+        run = client.create_run(experiment_id, start_time, all_tags, run_name=name)
+        ids[name] = run.info.run_id
 
     Tracker(tracking_uri, experiment)
 
     status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
     assert status == {
         "earlier-process-same-pid": "FAILED",
-        "another-host": "RUNNING",
+        "earlier-boot": "FAILED",
+        "another-machine": "RUNNING",
+        "no-machine-id": "RUNNING",
+        "machine-id-copied-to-another": "RUNNING",
         "another-pid-namespace": "RUNNING",
     }
+    untouched = client.get_run(ids["another-machine"]).data.tags
+    assert "error" not in untouched and untouched[PID_TAG] == dead
+    assert "restarted since" in client.get_run(ids["earlier-boot"]).data.tags["error"]
     assert "resume" not in capsys.readouterr().err  # no checkpoint recorded
     for run_id in ids.values():
         client.set_terminated(run_id)

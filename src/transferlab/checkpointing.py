@@ -6,7 +6,7 @@ Lightning's checkpoint has the weights, optimizer, schedulers, callbacks and loo
 the data module adds where in the epoch's (seeded) batch order training was;
 `ResumableTraining` adds the RNG states and the running sums of the epoch's train metrics.
 Every checkpoint (last.ckpt, the best one) is written by `AtomicCheckpointIO`: whole or not
-at all.
+at all; each last.ckpt's sha256 is tagged on the run (see tracking.digests).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from transferlab.atomic import write_atomically
 from transferlab.compat import is_local_path, training_position, uncount_last_step
 from transferlab.resume import RESUME_STATE_KEY, RUN_ID_KEY, RunInterrupted
 from transferlab.safe_load import refusing_unsafe_or_damaged
+from transferlab.tracking.digests import LAST_CHECKPOINT, digest_tag, file_sha256
+from transferlab.tracking.lightning_logger import TrackedRunLogger
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -126,6 +128,9 @@ class ResumableTraining(Callback):
             trainer.save_checkpoint(self.path)
         finally:
             self._saving = False
+        if trainer.is_global_zero and isinstance(trainer.logger, TrackedRunLogger):
+            digest = {digest_tag(LAST_CHECKPOINT): file_sha256(self.path)}
+            trainer.logger.run.set_tags(digest)  # what `resume=<run id>` checks it against
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict

@@ -19,6 +19,7 @@ from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import (
     ChoiceSweep,
+    ElementType,
     IntervalSweep,
     Override,
     Quote,
@@ -27,6 +28,7 @@ from hydra.core.override_parser.types import (
 )
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import HydraException
 from hydra.plugins.launcher import Launcher
 from hydra.plugins.plugin import Plugin
 from hydra.types import HydraContext, TaskFunction
@@ -73,6 +75,20 @@ def runs_in_this_process(launcher: Launcher) -> bool:
 def overrides_parser(config_loader: Any = None) -> OverridesParser:
     """Hydra's parser of the override grammar (`interval(...)`, `choice(...)`, `a,b`)."""
     return OverridesParser.create(config_loader=config_loader)
+
+
+def parse_override(text: str) -> Override | None:
+    """One command-line override as Hydra reads it; None for what is not one (`-m`)."""
+    try:
+        return overrides_parser().parse_override(text)
+    except HydraException:
+        return None
+
+
+def override_value_text(value: ElementType) -> str:
+    """A value in the override grammar (`{token:x,n:[1,2]}`), as Hydra writes a sweep job's
+    overrides: escaped where needed, no spaces after separators."""
+    return Override._get_value_element_as_str(value)
 
 
 def job_error(job: JobReturn) -> BaseException:

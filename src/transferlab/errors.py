@@ -8,6 +8,8 @@ from contextlib import contextmanager
 
 from hydra.errors import CompactHydraException
 
+from transferlab.scrub import scrubbed
+
 
 class UserError(CompactHydraException):
     """Bad input from the user: a config value, a path, a weights file.
@@ -19,12 +21,13 @@ class UserError(CompactHydraException):
 
 @contextmanager
 def exits_on_user_error() -> Iterator[None]:
-    """What every command-line entry point does with a UserError: its one line on stderr,
-    exit status 1, no traceback."""
+    """What every command-line entry point does with a UserError: its one line on stderr
+    (without the secrets this process was given: transferlab.scrub), exit status 1, no
+    traceback."""
     try:
         yield
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {scrubbed(str(error))}", file=sys.stderr)
         raise SystemExit(1) from None
 
 

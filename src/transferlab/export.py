@@ -3,11 +3,12 @@
 
 The model is rebuilt from what MLflow recorded for that run: its stage's resolved config
 (`config.yaml`: for a source or scratch stage it differs from the invocation's) and its
-`checkpoints/best.ckpt`. A backbone that never trained (the frozen-feature cache) is not in
-the checkpoint: it is rebuilt from the config's weights (`weights`, `weights_path`, or the
-seeded random init), as the run built it. The exported file is checked against PyTorch on a
-batch of the run's test images, and logged to the run under `export/` with
-`preprocessing.json` (input shape, resizing, mean / std, class names).
+`checkpoints/best.ckpt`, refused unless it is the file the run wrote (its recorded sha256).
+A backbone that never trained (the frozen-feature cache) is not in the checkpoint: it is
+rebuilt from the config's weights (`weights`, `weights_path`, or the seeded random init), as
+the run built it. The exported file is checked against PyTorch on a batch of the run's test
+images, and logged to the run under `export/` with `preprocessing.json` (input shape,
+resizing, mean / std, class names).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from transferlab.errors import UserError, exits_on_user_error, one_of
 from transferlab.export_formats import EXPORTERS, FILES, INPUT_NAME, OUTPUT_NAME
 from transferlab.runtime import setup
 from transferlab.safe_load import load_tensors
-from transferlab.tracking.recorded import STAGE_CONFIG, recorded_config, recorded_file, recorded_run
+from transferlab.tracking.digests import check_recorded_digest
+from transferlab.tracking.recorded import STAGE_CONFIG, recorded_file, recorded_run
+from transferlab.trusted_configs import SEARCHPATH_HELP, searching, trusted_config
 
 if TYPE_CHECKING:
     import torch
@@ -47,9 +50,16 @@ class Exported:
     checked_images: int
 
 
-def export_run(run_id: str, fmt: str, out: str | Path, tracking_uri: str | None = None) -> Exported:
+def export_run(
+    run_id: str,
+    fmt: str,
+    out: str | Path,
+    tracking_uri: str | None = None,
+    searchpath: tuple[str, ...] = (),
+) -> Exported:
     """Exports `run_id`'s best checkpoint to `out`/model.onnx or model.pt, checks it, writes
-    `preprocessing.json` beside it and logs both to the run under `export/`."""
+    `preprocessing.json` beside it and logs both to the run under `export/`. `searchpath`:
+    the user's own config folders, whose components the run may use."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -63,7 +73,8 @@ def export_run(run_id: str, fmt: str, out: str | Path, tracking_uri: str | None 
     mlflow.set_tracking_uri(uri)  # a runs:/ or models:/ weights_path resolves in this store
     client = RetryingClient(MlflowClient(uri))
     run = recorded_run(client, run_id, f"cannot export {run_id}")
-    cfg = _stage_config(client, run)
+    with searching(searchpath):
+        cfg = _stage_config(client, run)
     with tempfile.TemporaryDirectory() as scratch:
         state = _checkpoint_state(client, run, scratch)
     model, data = rebuild(cfg, state, run)
@@ -149,7 +160,7 @@ def _stage_config(client, run: Run) -> DictConfig:
     from transferlab.components import is_classical_head, target_name
 
     missing = "not a transferlab training run (a sweep's parent? export one of its runs)"
-    cfg = recorded_config(client, run, STAGE_CONFIG, missing)
+    cfg = trusted_config(client, run, STAGE_CONFIG, missing, f"export {run.info.run_id}")
     if is_classical_head(cfg.head):
         head = run.data.params.get("head") or target_name(cfg.head)  # its choice, as typed
         raise UserError(
@@ -169,6 +180,7 @@ def _checkpoint_state(client, run: Run, scratch: str) -> dict[str, Any]:
         else "trained with callbacks that save no checkpoint (callbacks=none?)"
     )
     local = recorded_file(client, run, CHECKPOINT, scratch, missing)
+    check_recorded_digest(run.info.run_id, run.data.tags, CHECKPOINT, local, "export")
     checkpoint = load_tensors(local, f"{CHECKPOINT} of run {run.info.run_id}")
     return checkpoint["state_dict"]
 
@@ -210,10 +222,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="folder for the model and preprocessing.json")
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI "
                         "or sqlite:///mlflow.db)")  # fmt: skip
+    parser.add_argument("--searchpath", action="append", default=[], help=SEARCHPATH_HELP)
     args = parser.parse_args(argv)
     setup()
     with exits_on_user_error():
-        exported = export_run(args.run_id, args.format, args.out, args.tracking_uri)
+        exported = export_run(
+            args.run_id, args.format, args.out, args.tracking_uri, tuple(args.searchpath)
+        )
     print(f"exported {exported.model} and {exported.preprocessing}")
     print(
         f"max abs difference from PyTorch on {exported.checked_images} test images: "

@@ -10,10 +10,14 @@ transferlab.recording.
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from transferlab.builders import (
     build_backbone_and_data,
@@ -29,6 +33,7 @@ from transferlab.config import check_accelerator, check_folds_fit_data
 from transferlab.data.module import TransferDataModule
 from transferlab.data.splits import Fold
 from transferlab.distributed import barrier, is_global_zero
+from transferlab.errors import UserError
 from transferlab.frozen import (
     FeaturesAsInput,
     can_cache_features,
@@ -57,12 +62,19 @@ from transferlab.stage_configs import (
     source_config,
     with_source_weights,
 )
+from transferlab.tracking.digests import digest_tag
 from transferlab.tracking.lightning_logger import TrackedRunLogger
 from transferlab.tracking.mlflow_run import TrackedRun, Tracker
-from transferlab.tracking.recorded import CHECKPOINT_TAG
+from transferlab.tracking.recorded import CHECKPOINT_TAG, STAGE_CONFIG
 from transferlab.tracking.redaction import recorded_experiment
 from transferlab.tracking.run_info import group_choices, log_config, run_name, run_tags, sweep_tags
 from transferlab.tracking.store import tracking_uri
+from transferlab.trusted_configs import trusted_config
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
+SOURCE_KEY_TAG = "transferlab.source_key"  # on a source run: its config_key, for reuse
 
 
 def run_experiment(cfg: DictConfig) -> float:
@@ -109,16 +121,43 @@ def pretrain_source(cfg: DictConfig, tracker: Tracker, choices: dict[str, str]) 
     wherever and however often it is rerun), and the source run's id."""
     source_cfg = source_config(cfg)
     key = config_key(source_cfg)
-    run_id = tracker.find_finished_run("transferlab.source_key", key)
+    reusable = _recorded_with_key(tracker, key)
+    run_id = tracker.find_finished_run(SOURCE_KEY_TAG, key, reusable)
     if run_id is None:
         source_choices = derived_choices(choices, source_cfg)
-        tags = {"transferlab.source_key": key}
-        run_stage(source_cfg, tracker, source_choices, "source", tags)
+        trained = run_stage(source_cfg, tracker, source_choices, "source", {SOURCE_KEY_TAG: key})
         barrier()  # under DDP, rank 0 has recorded the source run once every process is here
-        run_id = tracker.find_finished_run("transferlab.source_key", key)
+        if is_global_zero():
+            run_id = trained.run_id
+        else:  # the run rank 0 recorded, found as every reused one is
+            run_id = tracker.find_finished_run(SOURCE_KEY_TAG, key, reusable)
     elif is_global_zero():
         print(f"Reusing source run {run_id} (its config is unchanged).")
     return f"runs:/{run_id}/{SOURCE_WEIGHTS}", run_id
+
+
+def _recorded_with_key(tracker: Tracker, key: str) -> Callable[[Run], bool]:
+    """Whether a run tagged with the source `key` is one to reuse. Anyone who can write to
+    the store can set a tag: the key is recomputed from the config the run recorded (read
+    as trusted_configs checks it), and its weights must have a recorded sha256 (checked when
+    the transfer stage loads them). A run that fails either is not reused, and says why."""
+
+    def reusable(run: Run) -> bool:
+        reason = None
+        if digest_tag(SOURCE_WEIGHTS) not in run.data.tags:
+            reason = f"it recorded no sha256 of its {SOURCE_WEIGHTS}"
+        else:
+            try:
+                recorded = trusted_config(tracker.client, run, STAGE_CONFIG, "not a source run")
+                if config_key(recorded) != key:
+                    reason = "the config it recorded is another one"
+            except (UserError, OmegaConfBaseException) as err:
+                reason = str(err)
+        if reason and is_global_zero():
+            print(f"Not reusing source run {run.info.run_id}: {reason}", file=sys.stderr)
+        return reason is None
+
+    return reusable
 
 
 def run_cross_validation(
@@ -218,9 +257,11 @@ def fit_neural_head(
 def resume_stage(resumption: Resumption, output_dir: str) -> float:
     """Continues an interrupted run (see transferlab.resume) in its own MLflow run, and in
     its own output folder where that is still here: its best checkpoint so far is there,
-    and Lightning restores the best score only for the same folder."""
+    and Lightning restores the best score only for the same folder. The recorded folder is
+    data from the store: it is used only when it holds the checkpoint being resumed, never to
+    write into a folder a planted config names."""
     cfg = resumption.config.copy()
-    if not Path(cfg.output_dir).is_dir():
+    if not resumption.checkpoint.resolve().is_relative_to(Path(cfg.output_dir).resolve()):
         cfg.output_dir = output_dir
     check_accelerator(cfg.trainer.accelerator)
     tracker = open_tracker(tracking_uri(cfg.tracking.uri), cfg.experiment_name, cfg)

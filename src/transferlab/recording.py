@@ -19,7 +19,9 @@ from transferlab.models.backbone import Backbone
 from transferlab.models.inference_cost import InferenceSetting, device_description, inference_cost
 from transferlab.module import TransferModule
 from transferlab.objective import objective_value
+from transferlab.scrub import scrubbed
 from transferlab.tracking.artifacts import write_test_artifacts
+from transferlab.tracking.digests import digest_tag, file_sha256
 from transferlab.tracking.mlflow_run import TrackedRun, Tracker
 
 SOURCE_WEIGHTS = "backbone.pt"  # the backbone's weights in a stage's run: what a transfer loads
@@ -80,12 +82,20 @@ def record_artifacts(
     for path in write_test_artifacts(predictions, targets, data.class_names, stage_dir / "test"):
         run.log_artifact(path, "test")
     if best:
-        run.log_artifact(best, "checkpoints")
+        log_weights(run, Path(best), "checkpoints")
     if isinstance(module.backbone, FeaturesAsInput):
         return  # the backbone never trained: it is the source's, already recorded where it is
     weights = stage_dir / SOURCE_WEIGHTS
     torch.save(backbone.source_state_dict(getattr(module.head, "linear", None)), weights)
-    run.log_artifact(weights)
+    log_weights(run, weights)
+
+
+def log_weights(run: TrackedRun, path: Path, folder: str | None = None) -> None:
+    """Logs a weights file with its sha256 as a tag: what a reader checks the artifact
+    against (see tracking.digests)."""
+    artifact = f"{folder}/{path.name}" if folder else path.name
+    run.set_tags({digest_tag(artifact): file_sha256(path)})
+    run.log_artifact(path, folder)
 
 
 def objective(result: StageResult, metric: str) -> float:
@@ -118,4 +128,4 @@ def print_summary(results: list[StageResult], tracker: Tracker) -> None:
             f"{main.role} vs scratch, test accuracy: {main.metrics['test/acc']:.4f} vs "
             f"{main.metrics['scratch/test/acc']:.4f} ({gain:+.4f})"
         )
-    console.print(f"MLflow ({tracker.uri}): `make ui`, then {tracker.runs_page_url()}")
+    console.print(f"MLflow ({scrubbed(tracker.uri)}): `make ui`, then {tracker.runs_page_url()}")

@@ -4,9 +4,10 @@ finished run again from what MLflow recorded, and says whether its final metrics
 The run's `experiment.yaml` is the resolved config of the whole invocation (source stage,
 baseline and all) and its params hold the group choices, so nothing depends on the config
 files as they are today. The new run is tagged `transferlab.rerun_of`. On the CPU, with
-deterministic algorithms, the metrics must match exactly. Values read from the environment
-(`${oc.env:VAR}`) are read again; a run given a literal secret, which is never recorded,
-is not rerun.
+deterministic algorithms, the metrics must match exactly. The recorded config is data from
+a store others may write to: it is checked first (transferlab.trusted_configs: only
+components that a config group defines, no resolver but a secret's `${oc.env:VAR}`, which is
+read again here); a run given a literal secret, which is never recorded, is not rerun.
 """
 
 from __future__ import annotations
@@ -20,14 +21,25 @@ from pathlib import Path
 from transferlab.errors import UserError, exits_on_user_error
 from transferlab.objective import GROUPS, changes_result
 from transferlab.runtime import setup
-from transferlab.tracking.recorded import EXPERIMENT_CONFIG, recorded_config, recorded_run
-from transferlab.tracking.redaction import refuse_redacted_secrets
+from transferlab.tracking.recorded import EXPERIMENT_CONFIG, recorded_run
+from transferlab.trusted_configs import SEARCHPATH_HELP, searching, trusted_config
 
 COMPARED = ("test/acc", "test/loss", "val/acc_best")
 
 
-def rerun(run_id: str, tracking_uri: str | None = None, output_dir: str | None = None) -> bool:
-    """Reruns `run_id`; True when every compared final metric is identical."""
+def rerun(
+    run_id: str,
+    tracking_uri: str | None = None,
+    output_dir: str | None = None,
+    searchpath: tuple[str, ...] = (),
+) -> bool:
+    """Reruns `run_id`; True when every compared final metric is identical. `searchpath`:
+    the user's own config folders (Hydra search path entries), whose components it may use."""
+    with searching(searchpath):
+        return _rerun(run_id, tracking_uri, output_dir)
+
+
+def _rerun(run_id: str, tracking_uri: str | None, output_dir: str | None) -> bool:
     from mlflow.tracking import MlflowClient
 
     from transferlab.pipeline import run_stages
@@ -40,9 +52,8 @@ def rerun(run_id: str, tracking_uri: str | None = None, output_dir: str | None =
     if original.info.status != "FINISHED":
         raise UserError(f"run {run_id} is {original.info.status}; only finished runs are rerun")
     missing = "not a transferlab training run (a sweep's parent? rerun one of its runs)"
-    cfg = recorded_config(client, original, EXPERIMENT_CONFIG, missing)
+    cfg = trusted_config(client, original, EXPERIMENT_CONFIG, missing, f"rerun {run_id}")
     _warn_if_code_changed(original.data.tags.get("mlflow.source.git.commit"))
-    refuse_redacted_secrets(f"rerun {run_id}", cfg)
     cfg.tracking.uri = uri
     cfg.output_dir = output_dir or str(
         Path("outputs") / f"rerun-{run_id[:8]}-{time.strftime('%H%M%S')}"
@@ -97,10 +108,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI "
                         "or sqlite:///mlflow.db)")  # fmt: skip
     parser.add_argument("--output-dir", help="where checkpoints and plots go")
+    parser.add_argument("--searchpath", action="append", default=[], help=SEARCHPATH_HELP)
     args = parser.parse_args(argv)
     setup()
     with exits_on_user_error():
-        same = rerun(args.run_id, args.tracking_uri, args.output_dir)
+        same = rerun(args.run_id, args.tracking_uri, args.output_dir, tuple(args.searchpath))
     raise SystemExit(0 if same else 1)
 
 

@@ -8,18 +8,19 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.errors import RunStopped, UserError
 from transferlab.objective import GROUPS, changes_result
 from transferlab.stage_configs import stage_config
-from transferlab.tracking.recorded import (
-    CHECKPOINT_TAG,
-    STAGE_CONFIG,
-    recorded_config,
-    recorded_run,
-)
+from transferlab.tracking.digests import LAST_CHECKPOINT, check_recorded_digest
+from transferlab.tracking.recorded import CHECKPOINT_TAG, STAGE_CONFIG, recorded_run
+from transferlab.trusted_configs import trusted_config
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 RESUME_STATE_KEY = "transferlab_resume"  # what ResumableTraining adds to every checkpoint
 RUN_ID_KEY = "run_id"  # in that state: the run the checkpoint belongs to
@@ -90,11 +91,12 @@ def _shown(value) -> str:
     return "(absent)" if value is _ABSENT else repr(value)
 
 
-def find_resumption(target: str, tracking_uri: str) -> Resumption:
-    """The run and checkpoint `target` names, checked before anything is built."""
+def find_resumption(
+    target: str, tracking_uri: str, command: DictConfig | None = None
+) -> Resumption:
+    """The run and checkpoint `target` names, checked before anything is built. `command`:
+    the config of the command that resumes it, whose own components the run may use."""
     from mlflow.tracking import MlflowClient
-
-    from transferlab.tracking.redaction import refuse_redacted_secrets
 
     path = Path(target)
     is_file = path.suffix == ".ckpt" or path.exists()
@@ -107,11 +109,11 @@ def find_resumption(target: str, tracking_uri: str) -> Resumption:
             f"resume={target}: run {run_id} has finished; nothing to resume "
             "(transferlab-rerun runs it again)"
         )
-    config = recorded_config(client, run, STAGE_CONFIG, "it is not a transferlab training run")
+    missing = "it is not a transferlab training run"
+    config = trusted_config(client, run, STAGE_CONFIG, missing, f"resume {run_id}", command)
     if config.get("cv", {}).get("folds"):
         raise UserError(f"resume={target}: runs of cross-validation folds cannot be resumed")
-    refuse_redacted_secrets(f"resume {run_id}", config)
-    checkpoint = path if is_file else _last_checkpoint(target, run.data.tags)
+    checkpoint = path if is_file else _last_checkpoint(target, run)
     if not is_file and _run_of_checkpoint(checkpoint) != run_id:  # read whole, checked early
         raise UserError(
             f"resume={target}: {checkpoint} now holds another run's checkpoint; pass "
@@ -121,13 +123,18 @@ def find_resumption(target: str, tracking_uri: str) -> Resumption:
     return Resumption(run_id, checkpoint, config, run.data.tags["transferlab.role"], choices)
 
 
-def _last_checkpoint(target: str, tags: dict[str, str]) -> Path:
-    recorded = tags.get(CHECKPOINT_TAG)
+def _last_checkpoint(target: str, run: Run) -> Path:
+    """The last.ckpt the run's tag names, if it is still the one the run wrote: the tag is
+    the store's, and the store is shared. A path the user gives is the user's own."""
+    recorded = run.data.tags.get(CHECKPOINT_TAG)
     if not recorded or not Path(recorded).exists():
         raise UserError(
             f"resume={target}: the run's last checkpoint ({recorded or 'none recorded'}) "
             "is not on this machine; pass resume=<path to last.ckpt>"
         )
+    remedy = f"pass resume={recorded} if you trust that file"
+    what = f"resume={target}"
+    check_recorded_digest(run.info.run_id, run.data.tags, LAST_CHECKPOINT, recorded, what, remedy)
     return Path(recorded)
 
 

@@ -19,6 +19,7 @@ from transferlab.distributed import is_global_zero, job_processes, run_launching
 from transferlab.errors import RunStopped, TrainingDiverged, exits_on_user_error
 from transferlab.resume import RunInterrupted
 from transferlab.runtime import setup
+from transferlab.scrub import scrubbed
 
 
 def run(cfg: DictConfig) -> float:
@@ -39,7 +40,7 @@ def resume(cfg: DictConfig) -> float:
 
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     store = tracking_uri(cfg.tracking.uri)
-    resumption = find_resumption(str(cfg.resume), store)
+    resumption = find_resumption(str(cfg.resume), store, cfg)
     refuse_changing_overrides(overrides, cfg, resumption, str(cfg.resume))
     resumption.config.tracking.uri = store  # where it was found, whatever it recorded
     return resume_stage(resumption, cfg.output_dir)
@@ -79,7 +80,7 @@ def run_sweep_job(cfg: DictConfig) -> float:
     except Exception as error:
         from transferlab.tracking.run_info import record_failed_job
 
-        print(f"error: job failed: {error}", file=sys.stderr)
+        print(f"error: job failed: {scrubbed(str(error))}", file=sys.stderr)
         record_failed_job(cfg, error)
         return float("nan")
     finally:

@@ -45,6 +45,8 @@ from transferlab.compat import (
     runs_in_this_process,
 )
 from transferlab.errors import UserError
+from transferlab.scrub import scrubbed
+from transferlab.tracking.redaction import recorded_value, redacted_overrides
 from transferlab.tracking.sweep import PARENT_RUN_ENV
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -140,15 +142,18 @@ class OptunaSweep:
             state, value, note = outcome(job)
             _tell(study, trial, state, value)
             shown = f" {value:.4f}" if value is not None else ""
+            described = " ".join(redacted_overrides(space.describe(trial.params)))
             print(
-                f"[optuna] trial {trial.number} {state.name}{shown}: "
-                f"{' '.join(space.describe(trial.params))}" + (f" ({note})" if note else "")
+                f"[optuna] trial {trial.number} {state.name}{shown}: {described}"
+                + (f" ({scrubbed(note)})" if note else "")
             )
         return len(returns)
 
     def _finish(self, study: optuna.Study) -> None:
-        """Best params: printed, saved to the sweep dir and logged to the MLflow sweep run."""
+        """Best params: printed, saved to the sweep dir and logged to the MLflow sweep run,
+        each as it may be recorded (see transferlab.tracking.redaction)."""
         best = best_trial(study)
+        best_params = recorded_params(best)
         counts = Counter(t.state.name for t in _finished(study))
         results = {
             "name": "optuna",
@@ -157,7 +162,7 @@ class OptunaSweep:
             "trials": dict(sorted(counts.items())),
             "best_trial": best.number if best else None,
             "best_value": best.value if best else None,
-            "best_params": best.params if best else {},
+            "best_params": best_params,
         }
         folder = Path(self.config.hydra.sweep.dir)
         folder.mkdir(parents=True, exist_ok=True)
@@ -167,8 +172,8 @@ class OptunaSweep:
         if best is None:
             print("[optuna] no trial completed: no best params")
         else:
-            print(f"[optuna] best: trial {best.number} = {best.value:.4f} with {best.params}")
-        log_to_sweep_run(study.study_name, best)
+            print(f"[optuna] best: trial {best.number} = {best.value:.4f} with {best_params}")
+        log_to_sweep_run(study.study_name, best, best_params)
 
 
 def outcome(job: JobReturn) -> tuple[TrialState, float | None, str]:
@@ -190,7 +195,13 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
     return study.best_trial if study.get_trials(states=(TrialState.COMPLETE,)) else None
 
 
-def log_to_sweep_run(study_name: str, best: FrozenTrial | None) -> None:
+def recorded_params(trial: FrozenTrial | None) -> dict[str, Any]:
+    """A trial's sampled values, by key, as they may be recorded: none of a secret's key."""
+    params = trial.params if trial else {}
+    return {name: recorded_value(name, value) for name, value in params.items()}
+
+
+def log_to_sweep_run(study_name: str, best: FrozenTrial | None, params: dict[str, Any]) -> None:
     """The study's best on the sweep's MLflow parent run (set up by transferlab's
     SweepTracking callback; nothing to do without it)."""
     run_id = os.environ.get(PARENT_RUN_ENV)
@@ -202,16 +213,13 @@ def log_to_sweep_run(study_name: str, best: FrozenTrial | None) -> None:
     from transferlab.tracking.mlflow_run import MAX_PARAM_VALUE
 
     tags = [RunTag("optuna.study_name", study_name)]
-    params, metrics = [], []
+    logged = [Param(_param_key(k), str(v)[:MAX_PARAM_VALUE]) for k, v in params.items()]
+    metrics = []
     if best is not None:
         tags.append(RunTag("optuna.best_trial", str(best.number)))
-        params = [
-            Param(_param_key(name), str(value)[:MAX_PARAM_VALUE])
-            for name, value in best.params.items()
-        ]
         metrics = [Metric("best/objective", best.value, int(time.time() * 1000), 0)]
     client = mlflow.MlflowClient(mlflow.get_tracking_uri())
-    client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+    client.log_batch(run_id, metrics=metrics, params=logged, tags=tags)
 
 
 def _param_key(name: str) -> str:

@@ -103,9 +103,10 @@ def _torchvision_weights(arch: str, spec: Architecture, weights: str):
 
 
 def _download(arch: str, weights_enum) -> dict:
-    """Torchvision's own loader (which reads its cache first), with an offline-friendly error."""
+    """Torchvision's own loader (which reads its cache first, unchecked), with an
+    offline-friendly error; weights_only: a file planted in the cache is not unpickled."""
     try:
-        return weights_enum.get_state_dict(progress=False, check_hash=True)
+        return weights_enum.get_state_dict(progress=False, check_hash=True, weights_only=True)
     except (URLError, OSError, RuntimeError) as err:
         expected = os.path.join(
             torch.hub.get_dir(), "checkpoints", os.path.basename(weights_enum.url)

@@ -10,10 +10,11 @@ dimensions dominate, the best `C` moves with the backbone, and the solvers conve
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
-import joblib
 import numpy as np
+import skops.io as sio
 from numpy.typing import ArrayLike
 from sklearn.base import ClassifierMixin
 from sklearn.linear_model import LogisticRegression
@@ -21,6 +22,7 @@ from sklearn.metrics import accuracy_score, hinge_loss, log_loss
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
+from skops.io.exceptions import UntrustedTypesFoundException
 
 from transferlab.components import ClassicalHead, choice, number, whole_number
 from transferlab.errors import UserError
@@ -92,35 +94,27 @@ def evaluate(
 
 
 def save(estimator: Pipeline, path: Path) -> Path:
-    """Writes the fitted estimator for an MLflow artifact; returns the file written.
-
-    skops format (`path` with suffix .skops), which loads without running pickle code;
-    joblib (.joblib, a pickle) only where skops is not installed.
-    """
-    try:
-        import skops.io as sio
-    except ImportError:
-        target = Path(path).with_suffix(".joblib")
-        joblib.dump(estimator, target)
-        return target
+    """Writes the fitted estimator for an MLflow artifact; returns the file written: skops
+    format (`path` with suffix .skops), which loads without running pickle code."""
     target = Path(path).with_suffix(".skops")
     sio.dump(estimator, target)
     return target
 
 
 def load(path: Path) -> Pipeline:
-    """Reads a file written by `save`.
-
-    A .skops file that holds types skops does not trust by default (sklearn and numpy
-    types are trusted) is refused unread. A .joblib file is a pickle: load only your own.
-    """
+    """Reads a file written by `save`. Nothing is unpickled: only a skops file is read, and
+    one that holds types skops does not trust by default (sklearn and numpy types are
+    trusted) is refused unread; a .joblib or any other file (a pickle could run code while
+    loading) is refused without being opened."""
     path = Path(path)
-    if path.suffix == ".joblib":
-        return joblib.load(path)
-    import skops.io as sio
-    from skops.io.exceptions import UntrustedTypesFoundException
-
+    if path.suffix != ".skops":
+        raise UserError(
+            f"{path}: only .skops files are loaded, not {path.suffix or 'a file without suffix'} "
+            "(a joblib or pickle file runs code while loading); not loading it"
+        )
     try:
         return sio.load(path)
     except UntrustedTypesFoundException as err:
         raise UserError(f"{path}: {err} Not loading it.") from err
+    except zipfile.BadZipFile as err:
+        raise UserError(f"{path}: not a skops file ({err}); not loading it") from err

@@ -14,6 +14,7 @@ from torch import nn
 from transferlab.errors import UserError
 from transferlab.models.backbone import replace_submodule
 from transferlab.safe_load import load_tensors
+from transferlab.tracking.digests import ROLE_TAG, check_recorded_digest, digest_tag
 
 MLFLOW_URI_SCHEMES = ("runs:/", "models:/")  # weights_path values resolved through MLflow
 WEIGHTS_SUFFIXES = (".pt", ".pth")
@@ -55,8 +56,10 @@ def load_weights_file(network: nn.Module, path: str, classifier: str, arch: str)
 
 @contextmanager
 def local_weights_file(path: str) -> Iterator[str]:
-    """A local path as given; an MLflow `runs:/` or `models:/` URI downloaded to a temporary
-    file, removed after use (a sweep of transfer runs would otherwise fill /tmp).
+    """A local path as given (the user's own file); an MLflow `runs:/` or `models:/` URI
+    downloaded to a temporary file, removed after use (a sweep of transfer runs would
+    otherwise fill /tmp), and checked against the sha256 its run recorded (a `models:/`
+    version whose source is no run's artifact has no run to check it against).
 
     Every transferlab run logs `backbone.pt`, so `runs:/<run_id>/backbone.pt` starts from the
     weights another run trained. The store is MLflow's current one ($MLFLOW_TRACKING_URI).
@@ -64,27 +67,62 @@ def local_weights_file(path: str) -> Iterator[str]:
     if not path.startswith(MLFLOW_URI_SCHEMES):
         yield path
         return
-    from mlflow.artifacts import download_artifacts
+    with tempfile.TemporaryDirectory(prefix="transferlab-weights-") as folder:
+        uri = _underlying_uri(path)
+        downloaded = Path(_download(path, uri, folder))
+        local = downloaded if downloaded.is_file() else _single_weights_file(path, downloaded)
+        if uri.startswith("runs:/"):
+            _check_run_digest(path, uri, local.relative_to(downloaded).as_posix(), local)
+        yield str(local)
+
+
+def _underlying_uri(path: str) -> str:
+    """A `models:/` URI as the version's own source: one registered from a single file
+    (runs:/<id>/backbone.pt) downloads as an empty folder through its models:/ URI."""
+    if not path.startswith("models:/"):
+        return path
     from mlflow.exceptions import MlflowException
     from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
 
-    uri = path
-    with tempfile.TemporaryDirectory(prefix="transferlab-weights-") as folder:
-        try:
-            if path.startswith("models:/"):
-                # The version's own source: one registered from a single file
-                # (runs:/<id>/backbone.pt) downloads as an empty folder through its models:/ URI.
-                uri = ModelsArtifactRepository.get_underlying_uri(path)
-            local = download_artifacts(artifact_uri=uri, dst_path=folder)
-        except (MlflowException, OSError) as err:
-            reason = str(err).partition("\n")[0]
-            raise UserError(
-                f"backbone.weights_path={path} could not be resolved: {reason}"
-            ) from err
-        yield local if os.path.isfile(local) else _single_weights_file(path, Path(local))
+    try:
+        return ModelsArtifactRepository.get_underlying_uri(path)
+    except MlflowException as err:
+        raise _unresolved(path, err) from err
 
 
-def _single_weights_file(uri: str, folder: Path) -> str:
+def _download(path: str, uri: str, folder: str) -> str:
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return download_artifacts(artifact_uri=uri, dst_path=folder)
+    except (MlflowException, OSError) as err:
+        raise _unresolved(path, err) from err
+
+
+def _unresolved(path: str, err: Exception) -> UserError:
+    reason = str(err).partition("\n")[0]
+    return UserError(f"backbone.weights_path={path} could not be resolved: {reason}")
+
+
+def _check_run_digest(path: str, uri: str, inside: str, local: Path) -> None:
+    """A transferlab run's weights must be the file it wrote (tracking.digests). A run of
+    another making (a user's own MLflow run) records no digest: checked where it has one."""
+    from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+    from mlflow.tracking import MlflowClient
+
+    run_id, folder = RunsArtifactRepository.parse_runs_uri(uri)
+    parts = ((folder or "").strip("/"), inside)  # runs:/<id>/ names no folder: None
+    artifact = "/".join(part for part in parts if part not in ("", "."))
+    tags = MlflowClient().get_run(run_id).data.tags
+    if ROLE_TAG in tags or digest_tag(artifact) in tags:
+        remedy = "download it and pass its local path if you trust it"
+        check_recorded_digest(
+            run_id, tags, artifact, local, f"backbone.weights_path={path}", remedy
+        )
+
+
+def _single_weights_file(uri: str, folder: Path) -> Path:
     """A URI naming a folder (a run's artifacts, a registered model): its one weights file."""
     found = sorted(p for p in folder.rglob("*") if p.suffix in WEIGHTS_SUFFIXES and p.is_file())
     if len(found) != 1:
@@ -93,7 +131,7 @@ def _single_weights_file(uri: str, folder: Path) -> str:
             f"backbone.weights_path={uri} is a folder with {len(found)} .pt/.pth files "
             f"{names}, not one; name the file in the URI"
         )
-    return str(found[0])
+    return found[0]
 
 
 def _fit_classifier_to(network: nn.Module, classifier: str, state: dict) -> None:

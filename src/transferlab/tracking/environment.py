@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import os
 import platform
 import subprocess
@@ -13,6 +15,11 @@ from pathlib import Path
 import torch
 
 PACKAGES = ("torch", "torchvision", "pytorch-lightning", "hydra-core", "mlflow", "transferlab")
+MACHINE_TAG = "transferlab.machine"  # the machine id, hashed (machine_tags)
+BOOT_TAG = "transferlab.boot_id"
+MACHINE_ID_FILES = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+MACHINE_KEY = b"transferlab.machine"  # makes the recorded id transferlab's own
 
 
 def environment_tags(device: str) -> dict[str, str]:
@@ -32,6 +39,31 @@ def _environment_tags(device: str, folder: str) -> dict[str, str]:
     }
     tags.update(_git_tags(folder))
     return tags
+
+
+def machine_tags() -> dict[str, str]:
+    """The machine and the boot of it that a run's process runs on: only that machine can
+    tell whether the process is gone (tracking.orphans), and a process of an earlier boot
+    certainly is. Host names and pid namespaces repeat across machines; machine ids do not.
+    Recorded as an HMAC of the machine id, as machine-id(5) asks: the id itself is
+    confidential. Tags that cannot be read are left out (the run is then never judged)."""
+    found = {MACHINE_TAG: _machine(), BOOT_TAG: _read_id(BOOT_ID_FILE)}
+    return {tag: value for tag, value in found.items() if value}
+
+
+def _machine() -> str | None:
+    for path in MACHINE_ID_FILES:
+        machine_id = _read_id(path)
+        if machine_id:
+            return hmac.new(machine_id.encode(), MACHINE_KEY, hashlib.sha256).hexdigest()[:32]
+    return None
+
+
+def _read_id(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def device_name(accelerator: str) -> str:

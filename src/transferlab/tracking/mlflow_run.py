@@ -28,14 +28,15 @@ import json
 import shlex
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 
 from transferlab.errors import RunStopped, UserError
+from transferlab.scrub import scrubbed, without_url_credentials
 from transferlab.tracking.metric_writer import MetricWriter
 from transferlab.tracking.orphans import fail_orphaned_runs, process_tags
 from transferlab.tracking.store import SERVER_WAIT, RetryingClient, connect, server_outage
@@ -45,6 +46,7 @@ BATCH = 100  # MLflow accepts at most 100 params per log_batch
 UNSENT_DIR = "mlflow-unsent"  # under the working directory, where a run names no folder
 UNSENT_GLOB = "mlflow-unsent-*.jsonl"
 IMPORT_COMMAND = "python -m transferlab.tracking.unsent"
+FINDABLE = 20  # runs find_finished_run checks: planted runs cost a retrain, never a reuse
 
 
 class Tracker:
@@ -82,14 +84,17 @@ class Tracker:
         `local_dir` keeps what a tracking server that went away did not take."""
         return TrackedRun(self.client, self.experiment_id, name, tags, run_id, local_dir)
 
-    def find_finished_run(self, tag: str, value: str) -> str | None:
+    def find_finished_run(self, tag: str, value: str, accept: Callable[[Run], bool]) -> str | None:
+        """The newest FINISHED run of this experiment tagged `tag`=`value` that `accept`
+        takes. A tag is anyone's to set who can write to the store: `accept` checks the run
+        itself (the newest FINDABLE runs are looked at; past them, none is found)."""
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{tag}` = '{value}' and attributes.status = 'FINISHED'",
             order_by=["attributes.start_time DESC"],
-            max_results=1,
+            max_results=FINDABLE,
         )
-        return runs[0].info.run_id if runs else None
+        return next((run.info.run_id for run in runs if accept(run)), None)
 
     def runs_page_url(self, host: str = "http://127.0.0.1:5000") -> str:
         return f"{host}/#/experiments/{self.experiment_id}/runs"
@@ -150,7 +155,7 @@ class TrackedRun:
             status = "KILLED"
         else:
             status = "FAILED"
-            self.set_tags({"error": f"{exc_type.__name__}: {exc}"[:MAX_PARAM_VALUE]})
+            self.set_tags({"error": scrubbed(f"{exc_type.__name__}: {exc}")[:MAX_PARAM_VALUE]})
             if self.in_sweep:
                 exc.recorded_in_sweep = True  # the sweep need not record this job again
         self._send("end", status)
@@ -160,13 +165,14 @@ class TrackedRun:
     ) -> Exception | None:
         """Writes what the server did not take to a file, for `unsent` to import. Returns
         the error that says so; where the run fails with an error of its own, prints it."""
-        uri = self.client.tracking_uri
+        uri = without_url_credentials(self.client.tracking_uri)  # a file, a console line
         path = write_unsent(self.local_dir, {"run": self.run_id, "tracking_uri": uri}, self.unsent)
         message = (
             f"run {self.run_id} ({self.name}): the tracking server {uri} did not answer "
             f"within {self.client.server_wait:g} s; what it did not take of the run "
             f"({_kinds(self.unsent)}) is kept in {path}. Once it answers, import that into "
-            f"the run with: {IMPORT_COMMAND} {shlex.quote(str(path))}"
+            f"the run with: {IMPORT_COMMAND} {shlex.quote(str(path))} "
+            f"--tracking-uri {shlex.quote(uri)}"
         )
         if any("artifact" in record for record in self.unsent):
             message += " (it uploads the artifacts from where they are: keep them until then)"

@@ -12,10 +12,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from transferlab.components import target_name
 from transferlab.objective import GROUPS
+from transferlab.scrub import scrubbed
 from transferlab.tracking.environment import device_name, environment_tags
 from transferlab.tracking.mlflow_run import MAX_PARAM_VALUE, TrackedRun, Tracker
 from transferlab.tracking.recorded import EXPERIMENT_CONFIG, STAGE_CONFIG
-from transferlab.tracking.redaction import flatten, redacted, redacted_command, redacted_override
+from transferlab.tracking.redaction import flatten, redacted, redacted_command, redacted_overrides
 from transferlab.tracking.store import tracking_uri
 from transferlab.tracking.sweep import PARENT_RUN_ENV
 
@@ -35,7 +36,7 @@ def record_failed_job(cfg: DictConfig, error: Exception) -> None:
     tracker = Tracker(tracking_uri(cfg.tracking.uri), cfg.experiment_name)
     tags = {
         **sweep_tags(),  # its parent and overrides
-        "error": f"{type(error).__name__}: {error}"[:MAX_PARAM_VALUE],
+        "error": scrubbed(f"{type(error).__name__}: {error}")[:MAX_PARAM_VALUE],
         "transferlab.role": "failed-job",
     }
     run = tracker.client.create_run(tracker.experiment_id, run_name="failed-job", tags=tags)
@@ -99,4 +100,4 @@ def _overrides() -> list[str]:
     if not HydraConfig.initialized():
         return []
     given = OmegaConf.to_container(HydraConfig.get().overrides.task)  # as typed, unresolved
-    return [redacted_override(o) for o in given]
+    return redacted_overrides(given)

@@ -21,6 +21,7 @@ from mlflow.exceptions import RestException
 from mlflow.tracking import MlflowClient
 
 from transferlab.errors import UserError
+from transferlab.scrub import without_url_credentials
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PROBE_TIMEOUT = 5.0  # seconds a tracking server has to answer before the run is refused
@@ -98,7 +99,7 @@ class RetryingClient:
             self.down_since = now
             print(
                 f"waiting up to {self.server_wait:g} s for the tracking server "
-                f"{self._client.tracking_uri} ({outage})...",
+                f"{without_url_credentials(self._client.tracking_uri)} ({outage})...",
                 file=sys.stderr,
             )
         return self.down_since + self.server_wait - now

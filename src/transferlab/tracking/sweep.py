@@ -20,9 +20,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.objective import lower_is_better, objective_value, overrides_as_params
-from transferlab.tracking.redaction import recorded_value, redacted_command, redacted_sweep_config
+from transferlab.tracking.redaction import redacted_command, redacted_overrides, save_sweep_config
 
 PARENT_RUN_ENV = "TRANSFERLAB_PARENT_RUN_ID"
+SWEEP_CONFIG = "multirun.yaml"  # the name Hydra's basic sweeper saves it under too
 
 
 class SweepRun:
@@ -81,17 +82,16 @@ class SweepRun:
 
         folder = Path(config.hydra.sweep.dir)
         folder.mkdir(parents=True, exist_ok=True)
-        definition = folder / "multirun.yaml"
-        OmegaConf.save(redacted_sweep_config(config), definition)
+        definition = folder / SWEEP_CONFIG
+        save_sweep_config(definition, config)  # Hydra's basic sweeper saves its own after
         self.client.log_artifact(self.run_id, str(definition))
         space = config.hydra.sweeper.get("params")
-        swept = OmegaConf.to_container(space, resolve=False) if space else {}
+        space = OmegaConf.to_container(space, resolve=False) if space else {}
         overrides = OmegaConf.to_container(config.hydra.overrides.task)  # as typed, unresolved
-        for key, values in overrides_as_params(overrides).items():
-            swept.setdefault(key, values)
-        params = [
-            Param(f"sweep.{key}", str(recorded_value(key, values))[:MAX_PARAM_VALUE])
-            for key, values in swept.items()
+        given = [*overrides, *(f"{key}={values}" for key, values in space.items())]
+        params = [  # the sweeper's search space wins over the command line's
+            Param(f"sweep.{key}", str(values)[:MAX_PARAM_VALUE])
+            for key, values in overrides_as_params(redacted_overrides(given)).items()
         ]
         self.client.log_batch(self.run_id, params=params[:100])
 
