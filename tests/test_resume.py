@@ -15,6 +15,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from tests.helpers import replace_artifact
 from transferlab.errors import UserError
 from transferlab.resume import RunInterrupted
 from transferlab.tracking.recorded import CHECKPOINT_TAG
@@ -189,3 +190,24 @@ def test_sigterm_to_a_real_process_then_resume(make_config, client, runs, tracki
     resumed = client.get_run(interrupted.info.run_id)
     assert resumed.info.status == "FINISHED"
     assert _compared(client, resumed) == _compared(client, reference)
+
+
+def test_a_resume_never_writes_into_a_folder_a_planted_config_names(
+    make_config, client, runs, tmp_path
+):
+    """The recorded output_dir is data from the store: the run goes on in it only where it
+    holds the checkpoint being resumed, not in a folder someone wrote into config.yaml."""
+    overrides = ["trainer.max_epochs=2"]
+    once = tmp_path / "signal-sent"
+    killer = f"+callbacks.signal={{_target_: tests.helpers.SignalAtStep, step: 20, once: '{once}'}}"
+    with pytest.raises(RunInterrupted):
+        run_task(make_config(*BASE, *overrides, killer))
+    run_id = runs()[-1].info.run_id
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    replace_artifact(
+        client, run_id, "config.yaml", lambda tree: tree.update(output_dir=str(victim)), tmp_path
+    )
+    run_task(make_config(*BASE, *overrides, killer, f"resume={run_id}"))
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert list(victim.iterdir()) == []

@@ -17,6 +17,7 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from tests.helpers import replace_artifact
 from transferlab.errors import UserError
 from transferlab.export import export_run
 from transferlab.rerun import rerun
@@ -55,20 +56,6 @@ def test_the_payload_runs_when_built(payload):
 
 def inside_backbone(node: dict) -> Callable[[dict], None]:
     return lambda tree: tree["backbone"].update(init=node)
-
-
-def replace_artifact(client, run_id: str, name: str, edit: Callable, folder: Path) -> None:
-    """Logs `edit` of the run's artifact `name` over it, as anyone who can write to the
-    store could."""
-    local = Path(client.download_artifacts(run_id, name, str(folder / "recorded")))
-    tree = yaml.safe_load(local.read_text())
-    edit(tree)
-    doctored = folder / "doctored" / name
-    doctored.parent.mkdir(parents=True)
-    doctored.write_text(yaml.safe_dump(tree))
-    client.log_artifact(run_id, str(doctored))
-    again = client.download_artifacts(run_id, name, str(folder / "again"))
-    assert yaml.safe_load(Path(again).read_text()) == tree  # the store now holds it
 
 
 def plant_run(client, experiment: str, config: dict, folder: Path) -> str:
