@@ -90,7 +90,8 @@ def test_an_architecture_is_timed_once_per_setting(make_config):
     """A sweep's trials share an architecture: the second trial's latency comes without a
     forward pass; another input size is timed anew."""
     backbone = instantiate(make_config().backbone)
-    head = torch.nn.Linear(backbone.feature_dim, 3)
+    # 7 classes: an architecture no other test times (the cache lives as long as the process)
+    head = torch.nn.Linear(backbone.feature_dim, 7)
     calls = []
     head.register_forward_hook(lambda *_: calls.append(1))
     setting = InferenceSetting((3, 8, 8), torch.device("cpu"), "32-true", epochs=1)
