@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 5000
 TRACKING_URI ?= $(or $(MLFLOW_TRACKING_URI),sqlite:///mlflow.db)
 
-.PHONY: install train test test-fast lint format ui bench clean
+.PHONY: install train rank-study test test-fast lint format ui bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -35,6 +35,9 @@ format: $(STAMP)
 
 ui: $(STAMP)  ## the MLflow UI on 127.0.0.1 over the store `make train` writes
 	$(VENV)/bin/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(PORT)
+
+rank-study: $(STAMP)  ## trains 5 source networks, ranks them for digits 5-9, checks by fine-tuning
+	$(PY) -m experiments.rank_digits_sources
 
 bench: $(STAMP)  ## transferlab vs plain PyTorch, measured here; writes bench/results/latest.json
 	cd bench && ../$(PY) run.py

@@ -16,6 +16,7 @@ import startup
 import throughput
 import torch
 import tracking_overhead
+import transferability
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -29,6 +30,7 @@ def main() -> None:
         *tracking_overhead.records(),
         *feature_cache.records(),
         *data_loading.records(),
+        *transferability.records(),
     ]
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     for record in records:

@@ -155,7 +155,7 @@ def test_a_moved_key_in_a_stage_overlay_is_refused_naming_its_new_path(monkeypat
         (
             "+dataset.task.split_sed=1",
             "dataset.task.split_sed is unknown (did you mean split_seed?); dataset.task takes "
-            "classes, train_per_class, val_fraction, test_fraction or split_seed",
+            "classes, train_per_class, val_fraction, test_fraction, split_seed or label_noise",
         ),
         (
             "+optimizer.param_groups.layer_decy=0.5",
@@ -175,7 +175,7 @@ def test_a_moved_key_in_a_stage_overlay_is_refused_naming_its_new_path(monkeypat
         (
             "dataset.task=5",
             "dataset.task=5 must hold keys: classes, train_per_class, val_fraction, "
-            "test_fraction or split_seed",
+            "test_fraction, split_seed or label_noise",
         ),
         ("optimizer.param_groups.decay_bias_and_norm=yes", "must be true or false"),
     ],

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from tests.helpers import write_image_folder
+from transferlab.config import validate
 from transferlab.data.datasets import Cifar, Digits, ImageFolderDataset
 from transferlab.data.module import ShuffledBatches, TransferDataModule
 from transferlab.data.splits import TaskSpec, carve_task
@@ -62,6 +63,23 @@ def test_class_subset_is_relabelled_in_the_given_order_and_few_shot_train():
     full = digits_task(split_seed=0)
     # the held-out splits of the kept classes do not depend on train_per_class
     assert len(splits.test) == int((labels(full.test) == 7).sum() + (labels(full.test) == 5).sum())
+
+
+def test_label_noise_moves_that_share_of_train_labels_to_another_class_and_no_other_split(
+    make_config,
+):
+    clean = digits_task(classes=[0, 1, 2, 3, 4], split_seed=1)
+    noisy = digits_task(classes=[0, 1, 2, 3, 4], split_seed=1, label_noise=0.3)
+    moved = labels(noisy.train) != labels(clean.train)
+    assert moved.sum() == round(0.3 * len(moved))
+    assert set(labels(noisy.train)[moved]) <= {0, 1, 2, 3, 4}
+    assert torch.equal(noisy.train.dataset.tensors[0], clean.train.dataset.tensors[0])
+    for split in ("val", "test"):
+        assert np.array_equal(labels(getattr(noisy, split)), labels(getattr(clean, split)))
+    again = digits_task(classes=[0, 1, 2, 3, 4], split_seed=1, label_noise=0.3)
+    assert np.array_equal(labels(again.train), labels(noisy.train))  # seeded by split_seed
+    with pytest.raises(UserError, match=r"dataset.task.label_noise=1.5 must be in \[0, 1\)"):
+        validate(make_config("dataset.task.label_noise=1.5"))
 
 
 def test_unknown_class_and_too_few_images_are_clear_errors():

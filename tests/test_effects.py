@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from transferlab.builders import build_backbone_and_data, build_module, build_trainer
@@ -27,6 +27,8 @@ from transferlab.config import validate
 from transferlab.data.transforms import Preprocessing
 from transferlab.finetune.regularizers import KLSource
 from transferlab.models.backbone import Backbone
+from transferlab.rank_config import validate_ranking
+from transferlab.rank_validation import finetune_configs
 from transferlab.resume import RunInterrupted
 from transferlab.train import run as run_task
 
@@ -350,7 +352,19 @@ def first_value(key: str, declared: str) -> str:
 
 @pytest.mark.parametrize("study", sorted(p.stem for p in EXPERIMENTS.glob("*.yaml")))
 def test_every_study_composes_and_passes_validation(make_config, study):
-    validate(make_config(config_name=study))
+    cfg = make_config(config_name=study)
+    if "rank" in cfg:  # a ranking study (transferlab-rank), its fine-tunes too where it validates
+        if OmegaConf.is_missing(cfg.rank, "candidates"):  # given by the study's script
+            cfg = make_config(
+                "rank.candidates=[small_cnn,{backbone:small_cnn,arch:small_cnn_wide,name:wide}]",
+                config_name=study,
+            )
+        candidates, _ = validate_ranking(cfg)
+        assert len(finetune_configs(cfg, candidates)) == (
+            len(candidates) if cfg.rank.validate else 0
+        )
+        return
+    validate(cfg)
     swept = HydraConfig.get().sweeper.get("params") or {}
     if swept:
         first = [f"{key}={first_value(key, str(value))}" for key, value in swept.items()]

@@ -32,11 +32,11 @@ class Schema:
 
 
 @functools.cache
-def schema() -> Schema:
-    """The keys conf/train.yaml defines: Hydra takes any `+key=value`, so a misspelt key
-    would otherwise be ignored without a word. Read from the file, which stays the one
-    place a key is added."""
-    text = resources.files("transferlab.conf").joinpath("train.yaml").read_text()
+def schema(config: str = "train") -> Schema:
+    """The keys a primary config (conf/train.yaml, conf/rank.yaml) defines: Hydra takes any
+    `+key=value`, so a misspelt key would otherwise be ignored without a word. Read from
+    the file, which stays the one place a key is added."""
+    text = resources.files("transferlab.conf").joinpath(f"{config}.yaml").read_text()
     primary = OmegaConf.to_container(OmegaConf.create(text))  # unresolved: ${hydra:...}
     groups = [next(iter(entry)) for entry in primary["defaults"] if isinstance(entry, dict)]
     own = [key for key in primary if key not in ("defaults", "hydra")]
@@ -87,9 +87,10 @@ def refuse_moved_overrides(overrides: Iterable[str]) -> None:
                 raise UserError(f"{prefix}{old} has moved: use {prefix}{new}")
 
 
-def check_keys(cfg: DictConfig) -> None:
+def check_keys(cfg: DictConfig, config: str = "train") -> None:
+    """`config`: the primary config `cfg` was composed from (train, or rank for a ranking)."""
     _check_moved(cfg)
-    known = schema()
+    known = schema(config)
     known_keys(cfg, "", known.top_level, "the config", known.top_level, ADDED_BY_SWEEPERS)
     for section, keys in known.sections.items():
         if not OmegaConf.is_dict(cfg[section]):

@@ -33,19 +33,14 @@ REFUSED = (InstantiationException, TypeError, ValueError, RuntimeError)
 def check_targets(cfg: DictConfig) -> None:
     """Hydra passes every key of a node to its `_target_`: a key the target does not take
     would only fail when it is called, mid-run."""
-    from transferlab.data.splits import TaskSpec
     from transferlab.finetune.optim import GroupOptions, lightning_scheduler
-    from transferlab.gpu_options import GpuOptions
 
-    _check_target(cfg.backbone, "backbone")
+    check_target(cfg.backbone, "backbone")
     for group, filled in COMPONENT_GROUPS.items():
-        _check_target(cfg[group], group, filled=filled)
-    _check_target(cfg.dataset, "dataset", own=("task", TaskSpec))
-    _check_target(cfg.optimizer, "optimizer", ("params",), own=("param_groups", GroupOptions))
-    _check_target(
-        cfg.scheduler, "scheduler", ("optimizer",), own=("lightning", lightning_scheduler)
-    )
-    _check_target(cfg.trainer, "trainer", own=("gpu", GpuOptions))
+        check_target(cfg[group], group, filled=filled)
+    check_target(cfg.optimizer, "optimizer", ("params",), own=("param_groups", GroupOptions))
+    check_target(cfg.scheduler, "scheduler", ("optimizer",), own=("lightning", lightning_scheduler))
+    check_data_and_trainer(cfg)
     for name, callback in cfg.callbacks.items():
         if callback is None:
             continue  # turned off
@@ -54,10 +49,19 @@ def check_targets(cfg: DictConfig) -> None:
                 f"callbacks.{name}={callback!r} must be a callback config with a _target_, "
                 "or null to turn it off"
             )
-        _check_target(callback, f"callbacks.{name}")
+        check_target(callback, f"callbacks.{name}")
 
 
-def _check_target(
+def check_data_and_trainer(cfg: DictConfig) -> None:
+    """The groups a training run and a ranking (transferlab-rank) share."""
+    from transferlab.data.splits import TaskSpec
+    from transferlab.gpu_options import GpuOptions
+
+    check_target(cfg.dataset, "dataset", own=("task", TaskSpec))
+    check_target(cfg.trainer, "trainer", own=("gpu", GpuOptions))
+
+
+def check_target(
     node: DictConfig,
     key: str,
     filled: Iterable[str] = (),

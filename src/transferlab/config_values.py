@@ -51,22 +51,38 @@ def check_plain_values(cfg: DictConfig) -> None:
     check_keys(cfg)
     resolvable(cfg)
     no_missing_values(cfg)
+    check_shared_values(cfg)
     _check_numbers(cfg)
     _check_switches(cfg)
     _check_methods(cfg)
-    _check_task(own_node(cfg.dataset, "task"), "dataset.task")
     _check_metric_names(cfg)
 
 
-def _check_numbers(cfg: DictConfig) -> None:
+def check_shared_values(cfg: DictConfig) -> None:
+    """What a training run and a ranking (transferlab-rank, conf/rank.yaml) share: every
+    number finite, the loader, the seed, the feature cache, the store, the precision, the task."""
     _check_finite(OmegaConf.to_container(cfg), "")  # unresolved: the key that was set
-    _positive(cfg, "optimizer.lr", float)
     _positive(cfg, "loader.batch_size", int, high=MAX_BATCH_SIZE)
-    _positive(cfg, "trainer.max_epochs", int)
     _check_workers(cfg.loader.num_workers)
+    whole_number("seed", cfg.seed, 0, MAX_SEED)
+    _boolean(cfg, "feature_cache.enabled")
+    if not isinstance(cfg.experiment_name, str) or not cfg.experiment_name:
+        raise UserError(f"experiment_name={cfg.experiment_name!r} must be a non-empty name")
+    for key in ("tracking.uri", "feature_cache.dir"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not isinstance(value, str):
+            raise UserError(f"{key}={value!r} must be a path or URI, or null for the default")
+    precision = cfg.trainer.get("precision")
+    if precision is not None and precision not in (*PRECISIONS, *PRECISION_ALIASES):
+        raise UserError(f"trainer.precision={precision!r} is unknown; use {one_of(PRECISIONS)}")
+    _check_task(own_node(cfg.dataset, "task"), "dataset.task")
+
+
+def _check_numbers(cfg: DictConfig) -> None:
+    _positive(cfg, "optimizer.lr", float)
+    _positive(cfg, "trainer.max_epochs", int)
     if cfg.loader.epoch_samples is not None:
         _positive(cfg, "loader.epoch_samples", int, high=MAX_EPOCH_SAMPLES)
-    whole_number("seed", cfg.seed, 0, MAX_SEED)
     whole_number("checkpoint.every_n_epochs", cfg.checkpoint.every_n_epochs, 1)
     whole_number(
         "checkpoint.every_n_train_steps", cfg.checkpoint.every_n_train_steps, 1, optional=True
@@ -74,22 +90,12 @@ def _check_numbers(cfg: DictConfig) -> None:
 
 
 def _check_switches(cfg: DictConfig) -> None:
-    """Booleans, names and the trainer's precision."""
-    for key in ("compare_scratch", "feature_cache.enabled"):
-        _boolean(cfg, key)
+    """Booleans and the run's resumption."""
+    _boolean(cfg, "compare_scratch")
     for key in ("trainer.gpu.channels_last", "trainer.gpu.compile"):  # not Lightning's
         _boolean(cfg, key, optional=True)
-    if not isinstance(cfg.experiment_name, str) or not cfg.experiment_name:
-        raise UserError(f"experiment_name={cfg.experiment_name!r} must be a non-empty name")
-    for key in ("tracking.uri", "feature_cache.dir"):
-        value = OmegaConf.select(cfg, key)
-        if value is not None and not isinstance(value, str):
-            raise UserError(f"{key}={value!r} must be a path or URI, or null for the default")
     if cfg.resume is not None and not isinstance(cfg.resume, (str, int)):
         raise UserError(f"resume={cfg.resume!r} must be a run id or a checkpoint path, or null")
-    precision = cfg.trainer.get("precision")
-    if precision is not None and precision not in (*PRECISIONS, *PRECISION_ALIASES):
-        raise UserError(f"trainer.precision={precision!r} is unknown; use {one_of(PRECISIONS)}")
 
 
 def _check_methods(cfg: DictConfig) -> None:
@@ -122,7 +128,7 @@ def _check_task(task: DictConfig, prefix: str) -> None:
     classes = task.get("classes")
     if classes is not None and (not OmegaConf.is_list(classes) or len(classes) < 2):
         raise UserError(f"{prefix}.classes={classes!r} must list at least 2 classes, or be null")
-    for key in ("val_fraction", "test_fraction"):
+    for key in ("val_fraction", "test_fraction", "label_noise"):
         value = task.get(key, 0.0)
         if not isinstance(value, (int, float)) or not 0 <= value < 1:
             raise UserError(f"{prefix}.{key}={value!r} must be in [0, 1)")

@@ -9,6 +9,7 @@ determines it, and read back by every later run and sweep trial.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from importlib.metadata import version
 from pathlib import Path
 
@@ -54,11 +55,16 @@ def can_cache_features(cfg: DictConfig, backbone: Backbone) -> bool:
 
 
 def split_features(
-    cfg: DictConfig, backbone: Backbone, data: TransferDataModule, precision: str
+    cfg: DictConfig,
+    backbone: Backbone,
+    data: TransferDataModule,
+    precision: str,
+    splits: Iterable[str] = SPLITS,
 ) -> SplitFeatures:
     """Each split's features, from the cache when an earlier run computed them. The data
     is keyed by what was loaded (`data.identity`: for an image folder its absolute root and
-    a digest of its files, with the task and the fold), not by the dataset's config."""
+    a digest of its files, with the task and the fold), not by the dataset's config.
+    `splits`: those wanted (a ranking reads the train split only)."""
     cache = FeatureCache(cache_dir(cfg)) if cfg.feature_cache.enabled else None
     identity = {
         "weights": weights_identity(backbone.network),
@@ -69,7 +75,7 @@ def split_features(
         "versions": {p: version(p) for p in ("torch", "torchvision")},
     }
     features = {}
-    for split in SPLITS:
+    for split in splits:
         part = getattr(data.splits, split)
 
         def compute(images=part.dataset):

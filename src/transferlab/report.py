@@ -1,7 +1,8 @@
 """`python -m transferlab.report NAME_OR_RUN_ID --out DIR` (console script
 `transferlab-report`): a study's results on one page, read back from MLflow.
 
-The argument is a sweep's parent run id (its child runs are reported) or an experiment name
+The argument is a sweep's parent run id (its child runs are reported), a ranking's parent
+run id (transferlab-rank: its candidates best first per score) or an experiment name
 (its finetune / transfer runs). DIR gets report.md (every run, best first, then mean ± std
 over seeds) and PNG plots; a sweep's report is also logged to its parent run under report/,
 so it stays with the runs it describes.
@@ -17,6 +18,7 @@ from pathlib import Path
 from transferlab.errors import UserError, exits_on_user_error
 from transferlab.report_markdown import render_markdown
 from transferlab.report_plots import write_plots
+from transferlab.report_ranking import ranking_run, write_ranking_report
 from transferlab.report_study import build_study, select_runs
 from transferlab.runtime import setup
 
@@ -57,6 +59,9 @@ def write_report(
     uri = resolve_uri(tracking_uri)
     _check_store(uri)
     client = MlflowClient(uri)
+    ranking = ranking_run(client, target)
+    if ranking is not None:  # a transferlab-rank parent run: its table of candidates
+        return write_ranking_report(client, ranking, Path(out))
     title, runs, parent_id = select_runs(client, target)
     study = build_study(title, runs, metric)
     folder = Path(out)

@@ -51,7 +51,7 @@ def plot_objective_vs(study: Study, key: str, folder: Path) -> Path | None:
     points = [(float(value), score) for value, score in _scored(study, key)]
     if not points:
         return None
-    fig, ax = _pyplot().subplots(figsize=(5, 4))
+    fig, ax = pyplot().subplots(figsize=(5, 4))
     by_value = _by_value(points)
     xs = list(by_value)
     ax.scatter(*zip(*points, strict=True), alpha=0.7, label="runs")
@@ -60,14 +60,14 @@ def plot_objective_vs(study: Study, key: str, folder: Path) -> Path | None:
         ax.set_xscale("log")
     ax.set(xlabel=key, ylabel=study.metric, title=f"{study.metric} vs {key}")
     ax.legend()
-    return _save(fig, folder / f"objective_vs_{key}.png")
+    return save_figure(fig, folder / f"objective_vs_{key}.png")
 
 
 def plot_val_curves(client: MlflowClient, study: Study, folder: Path) -> Path | None:
     curves = {row.run_id: client.get_metric_history(row.run_id, "val/acc") for row in study.rows}
     if not any(curves.values()):
         return None
-    fig, ax = _pyplot().subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     for row in study.rows:
         history = sorted(curves[row.run_id], key=lambda m: m.step)
         if history:
@@ -77,7 +77,7 @@ def plot_val_curves(client: MlflowClient, study: Study, folder: Path) -> Path | 
     ax.xaxis.get_major_locator().set_params(integer=True)
     if len(ax.lines) <= 12:  # beyond that a legend hides the curves
         ax.legend(fontsize="small")
-    return _save(fig, folder / "val_curves.png")
+    return save_figure(fig, folder / "val_curves.png")
 
 
 def plot_choices(study: Study, key: str, folder: Path) -> Path | None:
@@ -87,11 +87,11 @@ def plot_choices(study: Study, key: str, folder: Path) -> Path | None:
         return None
     means = [statistics.mean(v) for v in by_value.values()]
     stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in by_value.values()]
-    fig, ax = _pyplot().subplots(figsize=(max(4.0, 0.8 * len(by_value) + 2), 4))
+    fig, ax = pyplot().subplots(figsize=(max(4.0, 0.8 * len(by_value) + 2), 4))
     ax.bar([str(v) for v in by_value], means, yerr=stds, capsize=4)
     ax.set(xlabel=key, ylabel=study.metric, title=f"{study.metric} by {key} (mean ± std)")
     ax.tick_params(axis="x", labelrotation=30 if len(by_value) > 4 else 0)
-    return _save(fig, folder / f"choices_{key}.png")
+    return save_figure(fig, folder / f"choices_{key}.png")
 
 
 def _by_value(points: list[tuple]) -> dict:
@@ -106,7 +106,7 @@ def _label(row: RunRow, columns: list[str]) -> str:
     return " ".join(f"{c}={row.params.get(c, '')}" for c in columns) or row.name
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # headless: servers and CI
@@ -115,8 +115,8 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path

@@ -27,6 +27,7 @@ class TaskSpec:
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     split_seed: int = 0
+    label_noise: float = 0.0
 
 
 @dataclass
@@ -55,6 +56,8 @@ def carve_task(data: DatasetParts, task: TaskSpec, fold: Fold | None = None) -> 
         splits["train"], splits["val"] = _fold_of(pool, fold, task.split_seed)
     if task.train_per_class is not None:
         splits["train"] = _few_per_class(splits["train"], task.train_per_class, task.split_seed)
+    if task.label_noise:
+        splits["train"] = _noisy(splits["train"], task.label_noise, len(keep), task.split_seed)
     return TaskSplits(**splits, class_names=[data.class_names[i] for i in keep])
 
 
@@ -142,6 +145,20 @@ def _few_per_class(part: LabelledImages, per_class: int, seed: int) -> LabelledI
             )
         chosen.append(rng.permutation(members)[:per_class])
     return _subset(part, np.sort(np.concatenate(chosen)))
+
+
+def _noisy(part: LabelledImages, share: float, classes: int, seed: int) -> LabelledImages:
+    """That share of the train labels (rounded) each moved to another class drawn at random:
+    a noisy-label source task. Val and test keep their true labels."""
+    rng = np.random.default_rng(seed)
+    targets = part.targets.copy()
+    flipped = rng.choice(len(targets), round(share * len(targets)), replace=False)
+    targets[flipped] = (targets[flipped] + rng.integers(1, classes, len(flipped))) % classes
+    if isinstance(part.dataset, TensorDataset):
+        return LabelledImages(
+            TensorDataset(part.dataset.tensors[0], torch.as_tensor(targets)), targets
+        )
+    return LabelledImages(_Relabelled(part.dataset, targets), targets)
 
 
 def _subset(part: LabelledImages, indices: np.ndarray, relabel: dict[int, int] | None = None):

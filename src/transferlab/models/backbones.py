@@ -8,6 +8,7 @@ point `backbone._target_` at your own function that returns a `Backbone`.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -193,12 +194,17 @@ register_architecture(
 register_architecture(
     "vit_b_16", _torchvision("vit_b_16", "heads.head", _vit_stages, fixed_input_size=True)
 )
-register_architecture(
-    "small_cnn",
-    Architecture(
-        build=SmallCNN,
+
+
+def _small_cnn(widths: tuple[int, int, int]) -> Architecture:
+    return Architecture(
+        build=functools.partial(SmallCNN, widths=widths),
         classifier="classifier",
         stages=lambda n: _blocks_of_features(n, []),
         preprocessing=Preprocessing(mean=(0.5,) * 3, std=(0.5,) * 3, input_size=None),
-    ),
-)
+    )
+
+
+register_architecture("small_cnn", _small_cnn((32, 64, 128)))
+# twice as wide (256-d features): backbone=small_cnn backbone.arch=small_cnn_wide
+register_architecture("small_cnn_wide", _small_cnn((64, 128, 256)))
