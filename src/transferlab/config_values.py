@@ -10,7 +10,7 @@ import math
 
 from omegaconf import DictConfig, OmegaConf
 
-from transferlab.components import number, whole_number
+from transferlab.components import fraction, is_number, number, whole_number
 from transferlab.config_keys import check_keys, no_missing_values, resolvable
 from transferlab.errors import UserError, one_of
 
@@ -99,9 +99,7 @@ def _check_switches(cfg: DictConfig) -> None:
 
 
 def _check_methods(cfg: DictConfig) -> None:
-    smoothing = cfg.loss.label_smoothing
-    if not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
-        raise UserError(f"loss.label_smoothing={smoothing!r} must be in [0, 1)")
+    fraction("loss.label_smoothing", cfg.loss.label_smoothing)
     for key in ("augment.mixup_alpha", "augment.cutmix_alpha"):
         _positive(cfg, key, float, allow_zero=True)
     folds = cfg.cv.folds
@@ -129,9 +127,7 @@ def _check_task(task: DictConfig, prefix: str) -> None:
     if classes is not None and (not OmegaConf.is_list(classes) or len(classes) < 2):
         raise UserError(f"{prefix}.classes={classes!r} must list at least 2 classes, or be null")
     for key in ("val_fraction", "test_fraction", "label_noise"):
-        value = task.get(key, 0.0)
-        if not isinstance(value, (int, float)) or not 0 <= value < 1:
-            raise UserError(f"{prefix}.{key}={value!r} must be in [0, 1)")
+        fraction(f"{prefix}.{key}", task.get(key, 0.0))
     val, test = task.get("val_fraction", 0.0), task.get("test_fraction", 0.0)
     if val + test >= 1:
         raise UserError(
@@ -184,8 +180,7 @@ def _check_finite(node, key: str) -> None:
 
 
 def _check_workers(workers) -> None:
-    whole = isinstance(workers, int) and not isinstance(workers, bool)
-    if workers == "auto" or (whole and 0 <= workers <= MAX_WORKERS):
+    if workers == "auto" or (is_number(workers, whole=True) and 0 <= workers <= MAX_WORKERS):
         return
     raise UserError(
         f"loader.num_workers={workers!r} must be a whole number in [0, {MAX_WORKERS}], or auto"
