@@ -11,6 +11,7 @@ from pathlib import Path
 import data_loading
 import feature_cache
 import memory
+import peft_step
 import per_trial
 import startup
 import throughput
@@ -31,6 +32,7 @@ def main() -> None:
         *feature_cache.records(),
         *data_loading.records(),
         *transferability.records(),
+        *peft_step.records(),
     ]
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     for record in records:

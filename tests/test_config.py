@@ -246,4 +246,6 @@ def test_options_extend_their_base_and_bases_are_no_choices(make_config):
         options = {group: loader.get_group_options(group) for group in groups}
     assert not [g for g in groups if "base" in g]
     assert not [o for group in options.values() for o in group if "base" in o]
-    assert options["backbone"] == sorted([*TORCHVISION_BACKBONES.split(), "small_cnn", "timm"])
+    assert options["backbone"] == sorted(
+        [*TORCHVISION_BACKBONES.split(), "small_cnn", "timm", "vit_tiny_p4"]
+    )

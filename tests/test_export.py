@@ -11,8 +11,11 @@ import pytest
 import torch
 
 from transferlab.builders import build_backbone_and_data
+from transferlab.components import build
 from transferlab.errors import UserError
 from transferlab.export import export_run, main
+from transferlab.models.backbones import build_backbone
+from transferlab.models.inference_cost import Classifier
 
 
 def _test_split(cfg) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,3 +108,100 @@ def test_bad_input_is_one_clear_line(train, runs, tracking_uri, tmp_path, capsys
     with pytest.raises(UserError, match=r"head=svm.*skops.*not exported"):
         export_run(svm.info.run_id, "onnx", out_dir, tracking_uri)
     assert not out_dir.exists()
+
+
+# --- parameter-efficient runs: a checkpoint of what trained, on base weights rebuilt ---------
+
+PEFT = ("backbone=vit_tiny_p4", "trainer.max_epochs=1", "dataset.task.train_per_class=20")
+
+
+def _trained_model(cfg, client, run_id: str, folder: Path) -> Classifier:
+    """The run's best model as training left it (LoRA unmerged, prompts and adapters in
+    their hooks): the base the config builds, the checkpoint's trained tensors on it."""
+    backbone, data = build_backbone_and_data(cfg)
+    head = build(cfg.head, "head", in_features=backbone.feature_dim, num_classes=data.num_classes)
+    model = Classifier(backbone.network, head).eval()
+    ckpt = client.download_artifacts(run_id, "checkpoints/best.ckpt", str(folder))
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    trained = {k.removeprefix("backbone."): v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(trained, strict=False)
+    assert missing and not unexpected  # the checkpoint holds what trained, nothing else
+    return model
+
+
+def _outputs(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(images)
+
+
+def _save_base(path: Path, seed: int) -> Path:
+    """A vit_tiny_p4 weights file, as a user's own pretrained base."""
+    torch.manual_seed(seed)
+    torch.save(build_backbone("vit_tiny_p4").source_state_dict(), path)
+    return path
+
+
+def test_lora_is_merged_into_the_base_weights_and_matches_the_trained_model(
+    train, runs, client, tracking_uri, make_config, tmp_path, capsys
+):
+    base = _save_base(tmp_path / "base.pt", seed=0)
+    overrides = (*PEFT, "freeze=lora", f"backbone.weights_path='{base}'")
+    train(*overrides)
+    (run,) = runs()
+    run_id = run.info.run_id
+    cfg = make_config(*overrides)
+    trained = _trained_model(cfg, client, run_id, tmp_path / "ckpt")
+    lora_b = [p for n, p in trained.named_parameters() if ".lora_B." in n]
+    assert lora_b and any(p.abs().max() > 0 for p in lora_b)  # there is an update to merge
+    images, _ = _test_split(cfg)
+    expected = _outputs(trained, images)
+    # TorchScript: the ONNX path of a merged network is the plain one (test above), and an
+    # ONNX export costs ~40 s here
+    exported = export_run(run_id, "torchscript", tmp_path / "export", tracking_uri)
+    assert exported.max_abs_diff <= 1e-4
+    # the merged file gives the unmerged trained model's outputs, on the whole test split
+    assert (_torchscript(exported.model)(images) - expected).abs().max() <= 1e-4
+    keys = list(torch.jit.load(str(exported.model)).state_dict())
+    assert keys and not [k for k in keys if "lora" in k]
+    preprocessing = json.loads((tmp_path / "export" / "preprocessing.json").read_text())
+    adaptation = preprocessing["adaptation"]
+    assert adaptation["method"] == "lora" and adaptation["lora_merged"] is True
+    assert adaptation["base_sha256"].startswith("sha256:")
+
+    _save_base(base, seed=1)  # the base weights file changed since the run trained on it
+    argv = [run_id, "--out", str(tmp_path / "again"), "--tracking-uri", tracking_uri]
+    with pytest.raises(SystemExit) as exit_code:
+        main(argv)
+    assert exit_code.value.code == 1
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+    recorded = adaptation["base_sha256"]
+    assert line.startswith(
+        f"error: the checkpoint's adapter was trained on base weights {recorded}"
+    )
+    assert not (tmp_path / "again").exists()
+
+
+@pytest.mark.parametrize(("method", "fmt"), [("vpt", "torchscript"), ("adapter", "onnx")])
+def test_prompts_and_adapters_are_exported_unmerged(
+    method, fmt, train, runs, client, tracking_uri, make_config, tmp_path
+):
+    """VPT's prompts and the adapters act through forward hooks: the exported graph holds
+    them (without them the outputs would differ far beyond the tolerance)."""
+    overrides = (*PEFT, f"freeze={method}")
+    train(*overrides)
+    (run,) = runs()
+    cfg = make_config(*overrides)
+    trained = _trained_model(cfg, client, run.info.run_id, tmp_path / "ckpt")
+    images, labels = _test_split(cfg)
+    expected = _outputs(trained, images)
+    plain, _ = build_backbone_and_data(make_config(*PEFT))  # the same seeded base, no hooks
+    without = _outputs(Classifier(plain.network, trained.head).eval(), images)
+    assert (without - expected).abs().max() > 1e-2
+    exported = export_run(run.info.run_id, fmt, tmp_path / "export", tracking_uri)
+    assert exported.max_abs_diff <= 1e-4
+    predict = {"onnx": _onnx, "torchscript": _torchscript}[fmt](exported.model)
+    assert (predict(images) - expected).abs().max() <= 1e-4
+    accuracy = _accuracy(predict, images, labels)
+    assert accuracy == pytest.approx(run.data.metrics["test/acc"], abs=1.5 / len(labels))
+    adaptation = json.loads(exported.preprocessing.read_text())["adaptation"]
+    assert adaptation["method"] == method and adaptation["lora_merged"] is False

@@ -199,3 +199,28 @@ def test_help_answers_without_importing_torch_or_mlflow():
     assert "--out" in result.stdout and "--metric" in result.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
     assert not {"torch", "mlflow", "matplotlib"} & imported
+
+
+def test_cost_columns_appear_where_runs_differ_in_what_they_train():
+    """A PEFT study shows each method's trainable share and stored size; a sweep whose runs
+    all train the same parameters does not repeat two constant columns."""
+    from transferlab.report_study import RunRow, Study, metric_columns
+
+    def study(shares: list[float | None]) -> Study:
+        costs = ("model/params_trainable_pct", "model/adapter_size_mb")
+        rows = [
+            RunRow(
+                str(i),
+                "run",
+                "FINISHED",
+                {},
+                {"test/acc": 0.5, **({} if share is None else dict.fromkeys(costs, share))},
+                0.5,
+            )
+            for i, share in enumerate(shares)
+        ]
+        return Study("a study", "val/acc", False, rows, [])
+
+    varying = ["test/acc", "model/params_trainable_pct", "model/adapter_size_mb"]
+    assert metric_columns(study([100.0, 5.2, None])) == varying  # a run without them: skipped
+    assert metric_columns(study([100.0, 100.0, None])) == ["test/acc"]

@@ -66,8 +66,17 @@ def _interrupt_then_resume(make_config, client, runs, overrides, step, tmp_path)
         # the milestone (epoch 2) comes after the interruption (step 20 of ~17 a epoch)
         ["trainer.max_epochs=4", "freeze=gradual", "freeze.milestones=[2,3]"],
         ["trainer.max_epochs=4", "scheduler=plateau", "scheduler.patience=0"],
+        # a PEFT checkpoint holds only what trained: the rest comes from the rebuilt base
+        [
+            "trainer.max_epochs=8",  # 3 steps an epoch: interrupted in epoch 6
+            "backbone=vit_tiny_p4",
+            "freeze=lora",
+            "dataset.task.classes=[0,1,2]",
+            "dataset.task.train_per_class=16",
+            "loader.batch_size=16",
+        ],
     ],
-    ids=["plain", "gradual-unfreezing", "plateau-scheduler"],
+    ids=["plain", "gradual-unfreezing", "plateau-scheduler", "lora"],
 )
 def test_a_resumed_run_ends_exactly_as_one_never_interrupted(
     make_config, client, runs, overrides, tmp_path

@@ -60,11 +60,13 @@ def share_cpus_between_workers() -> None:
 def build_backbone_and_data(
     cfg: DictConfig, fold: Fold | None = None
 ) -> tuple[Backbone, TransferDataModule]:
-    """Seeded first, so the same seed gives the same initial weights."""
+    """Seeded first, so the same seed gives the same initial weights (an adapter's too)."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     backbone = instantiate(cfg.backbone)
+    freeze = build(cfg.freeze, "freeze")
     with options_of("freeze"):
-        build(cfg.freeze, "freeze").check_fits_backbone(backbone.num_stages, backbone.name)
+        freeze.check_fits_backbone(backbone.num_stages, backbone.name)
+        freeze.adapt(backbone)  # e.g. LoRA's layers, seeded like the rest
     data = TransferDataModule(cfg.dataset, backbone.preprocessing, cfg.loader, fold, seed=cfg.seed)
     data.setup()
     return backbone, data

@@ -6,9 +6,12 @@ The model is rebuilt from what MLflow recorded for that run: its stage's resolve
 `checkpoints/best.ckpt`, refused unless it is the file the run wrote (its recorded sha256).
 A backbone that never trained (the frozen-feature cache) is not in the checkpoint: it is
 rebuilt from the config's weights (`weights`, `weights_path`, or the seeded random init), as
-the run built it. The exported file is checked against PyTorch on a batch of the run's test
-images, and logged to the run under `export/` with `preprocessing.json` (input shape,
-resizing, mean / std, class names).
+the run built it. A parameter-efficient run's checkpoint holds only what trained: the base
+is rebuilt the same way, checked against the checkpoint's base sha256, and LoRA is merged
+into it, so the file is the plain network; VPT's prompts and adapters stay as layers of
+their own (ONNX and TorchScript both hold them). The exported file is checked against
+PyTorch on a batch of the run's test images, and logged to the run under `export/` with
+`preprocessing.json` (input shape, resizing, mean / std, class names, the adaptation).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from transferlab.errors import UserError, exits_on_user_error, one_of
 from transferlab.export_formats import EXPORTERS, FILES, INPUT_NAME, OUTPUT_NAME
+from transferlab.finetune.adapted_checkpoint import BASE_KEY, restore_base_weights
 from transferlab.runtime import setup
 from transferlab.safe_load import load_tensors
 from transferlab.tracking.digests import check_recorded_digest
@@ -39,6 +43,7 @@ if TYPE_CHECKING:
 
 ARTIFACT_FOLDER = "export"
 CHECKPOINT = "checkpoints/best.ckpt"
+NETWORK = "backbone.network"  # the backbone's keys in a checkpoint
 PREPROCESSING = "preprocessing.json"
 
 
@@ -76,36 +81,44 @@ def export_run(
     with searching(searchpath):
         cfg = _stage_config(client, run)
     with tempfile.TemporaryDirectory() as scratch:
-        state = _checkpoint_state(client, run, scratch)
-    model, data = rebuild(cfg, state, run)
+        checkpoint = _checkpoint(client, run, scratch)
+    model, data = rebuild(cfg, checkpoint, run)
     images = _test_batch(data)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / FILES[fmt]
     diff = EXPORTERS[fmt](model, images, path)
-    preprocessing = write_preprocessing(out / PREPROCESSING, cfg, data, images, run_id)
+    adaptation = _adaptation(cfg, run, checkpoint)
+    preprocessing = write_preprocessing(out / PREPROCESSING, cfg, data, images, run_id, adaptation)
     for file in (path, preprocessing):
         client.log_artifact(run_id, str(file), ARTIFACT_FOLDER)
     return Exported(path, preprocessing, diff, len(images))
 
 
 def rebuild(
-    cfg: DictConfig, state: dict[str, Any], run: Run
+    cfg: DictConfig, checkpoint: dict[str, Any], run: Run
 ) -> tuple[Classifier, TransferDataModule]:
-    """The run's backbone + head with its best weights, in eval mode, and its data."""
+    """The run's backbone + head with its best weights, in eval mode, and its data; a
+    parameter-efficient run's LoRA merged into the base weights."""
+    import torch
+
     from transferlab.builders import build_backbone_and_data
     from transferlab.components import build
     from transferlab.models.inference_cost import Classifier
 
-    trained_backbone = any(k.startswith("backbone.network.") for k in state)
-    _reachable_backbone_weights(cfg, run, needed=not trained_backbone)
-    backbone, data = build_backbone_and_data(cfg)  # seeded: the run's random init, if any
+    adapted = checkpoint.get(BASE_KEY) is not None  # what trained, on top of the base
+    saved = checkpoint["state_dict"]
+    whole_backbone = not adapted and any(k.startswith(NETWORK + ".") for k in saved)
+    _reachable_backbone_weights(cfg, run, needed=not whole_backbone)
+    backbone, data = build_backbone_and_data(cfg)  # seeded: the run's random init, if any;
+    # a parameter-efficient run's base adapted as in training (backbone.base_sha256 set)
     head = build(cfg.head, "head", in_features=backbone.feature_dim, num_classes=data.num_classes)
     model = Classifier(backbone.network, head)
-    parts = {
-        "head": model.head,
-        **({"backbone.network": model.network} if trained_backbone else {}),
-    }
+    whole = {f"{NETWORK}.{k}": v for k, v in model.network.state_dict().items()}
+    restore_base_weights(checkpoint, backbone, whole)  # refused on other base weights
+    state = checkpoint["state_dict"]
+    trained = whole_backbone or adapted
+    parts = {"head": model.head, **({NETWORK: model.network} if trained else {})}
     for prefix, module in parts.items():
         weights = {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
         try:
@@ -116,13 +129,25 @@ def rebuild(
                 f"{CHECKPOINT} of run {run.info.run_id} does not fit the model its "
                 f"{STAGE_CONFIG} builds: {reason}"
             ) from err
+    if backbone.base_sha256 is not None:
+        from transferlab.finetune.peft_layers import merge_lora
+
+        with torch.no_grad():  # weights changed in place: no graph to record
+            merge_lora(model.network)
     return model.eval(), data
 
 
 def write_preprocessing(
-    path: Path, cfg: DictConfig, data: TransferDataModule, images: torch.Tensor, run_id: str
+    path: Path,
+    cfg: DictConfig,
+    data: TransferDataModule,
+    images: torch.Tensor,
+    run_id: str,
+    adaptation: dict[str, Any] | None,
 ) -> Path:
-    """What a server must do to an image before the model sees it, and what comes out."""
+    """What a server must do to an image before the model sees it, and what comes out;
+    `adaptation`: a parameter-efficient run's method, base weights and whether LoRA was
+    merged into them."""
     prep = data.preprocessing
     steps = ["decode, convert to RGB (3 channels), scale pixel values to [0, 1]"]
     if prep.input_size is None:
@@ -148,6 +173,7 @@ def write_preprocessing(
         "std": list(prep.std),
         "steps": steps,
         "class_names": list(data.class_names),
+        "adaptation": adaptation,
     }
     path.write_text(json.dumps(content, indent=2) + "\n")
     return path
@@ -171,7 +197,7 @@ def _stage_config(client, run: Run) -> DictConfig:
     return cfg
 
 
-def _checkpoint_state(client, run: Run, scratch: str) -> dict[str, Any]:
+def _checkpoint(client, run: Run, scratch: str) -> dict[str, Any]:
 
     role = run.data.tags.get("transferlab.role", "")
     missing = (
@@ -181,8 +207,24 @@ def _checkpoint_state(client, run: Run, scratch: str) -> dict[str, Any]:
     )
     local = recorded_file(client, run, CHECKPOINT, scratch, missing)
     check_recorded_digest(run.info.run_id, run.data.tags, CHECKPOINT, local, "export")
-    checkpoint = load_tensors(local, f"{CHECKPOINT} of run {run.info.run_id}")
-    return checkpoint["state_dict"]
+    return load_tensors(local, f"{CHECKPOINT} of run {run.info.run_id}")
+
+
+def _adaptation(cfg: DictConfig, run: Run, checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """A parameter-efficient run's method (its freeze choice, as typed), the base weights
+    it sits on, and whether LoRA was merged into them (rebuild merges every LoRA layer)."""
+    from transferlab.components import build, target_name
+    from transferlab.finetune.peft import LoRA
+
+    base = checkpoint.get(BASE_KEY)
+    if base is None:
+        return None
+    return {
+        "method": run.data.params.get("freeze") or target_name(cfg.freeze),
+        "base_sha256": base["sha256"],
+        "base_source": base["source"],
+        "lora_merged": isinstance(build(cfg.freeze, "freeze"), LoRA),
+    }
 
 
 def _reachable_backbone_weights(cfg: DictConfig, run: Run, needed: bool) -> None:

@@ -34,6 +34,7 @@ class FeaturesAsInput(nn.Module):
     already is the features. No stages, no parameters; the source classifier is kept."""
 
     num_stages = 0
+    base_sha256 = None  # no adapter: what Backbone.base_sha256 says of an unadapted network
 
     def __init__(self, backbone: Backbone):
         super().__init__()

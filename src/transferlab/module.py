@@ -13,6 +13,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from transferlab.errors import TrainingDiverged
+from transferlab.finetune.adapted_checkpoint import keep_trained_only, restore_base_weights
 from transferlab.finetune.freezing import FreezeStrategy
 from transferlab.finetune.optim import build_optimizer, build_scheduler
 from transferlab.models.backbone import Backbone
@@ -70,6 +71,8 @@ class TransferModule(pl.LightningModule):
                 for module in self.backbone.stage_modules(i):
                     if isinstance(module, nn.modules.batchnorm._BatchNorm):
                         module.eval()
+        for param in self.freeze.always_trained(self.backbone.network):
+            param.requires_grad_(True)
         self.backbone.source_head.eval()
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
@@ -163,6 +166,15 @@ class TransferModule(pl.LightningModule):
             return  # an empty split (e.g. no validation images): nothing to average
         for name, total in reduced.items():
             self.log(f"{split}/{name}", total / count)
+
+    # --- checkpoints: a parameter-efficient run's hold what trained, and its base's digest --
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.backbone.base_sha256 is not None:
+            keep_trained_only(checkpoint, self.backbone, self.freeze, self.head)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        restore_base_weights(checkpoint, self.backbone, self.state_dict())
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.optimizer_cfg, self.backbone, self.head)

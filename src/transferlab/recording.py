@@ -83,8 +83,9 @@ def record_artifacts(
         run.log_artifact(path, "test")
     if best:
         log_weights(run, Path(best), "checkpoints")
-    if isinstance(module.backbone, FeaturesAsInput):
-        return  # the backbone never trained: it is the source's, already recorded where it is
+    if isinstance(module.backbone, FeaturesAsInput) or backbone.base_sha256 is not None:
+        return  # never trained (the features were cached), or only an adapter did: the
+        # backbone's weights are the source's, recorded where they came from
     weights = stage_dir / SOURCE_WEIGHTS
     torch.save(backbone.source_state_dict(getattr(module.head, "linear", None)), weights)
     log_weights(run, weights)

@@ -30,6 +30,8 @@ FAILED_JOB_ROLE = "failed-job"  # see tracking.run_info.record_failed_job
 DERIVED_PARAMS = ("role",)
 DEFAULT_METRIC = "val/acc"
 FINAL_METRICS = ("test/acc", "test/loss", "scratch/test/acc")
+# what a method trains and stores: shown where the runs differ in it (a PEFT study)
+COST_METRICS = ("model/params_trainable_pct", "model/adapter_size_mb")
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -188,12 +190,13 @@ def _fixed_by_choice(rows: list[RunRow], key: str) -> bool:
 
 
 def metric_columns(study: Study) -> list[str]:
-    """The final metrics shown beside the objective, where any run logged them."""
-    return [
-        m
-        for m in FINAL_METRICS
-        if m != study.metric and any(m in row.metrics for row in study.rows)
+    """The final metrics shown beside the objective, where any run logged them; the cost
+    metrics where runs differ in them."""
+    logged = [m for m in FINAL_METRICS if any(m in row.metrics for row in study.rows)]
+    varying = [
+        m for m in COST_METRICS if len({r.metrics[m] for r in study.rows if m in r.metrics}) > 1
     ]
+    return [m for m in (*logged, *varying) if m != study.metric]
 
 
 def seed_groups(study: Study) -> list[tuple[tuple[str, ...], list[RunRow]]]:

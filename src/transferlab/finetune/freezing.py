@@ -9,8 +9,14 @@ A user's own strategy subclasses FreezeStrategy. No torch here: validation build
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from transferlab.components import OptionError, is_number, whole_number
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from transferlab.models.backbone import Backbone
 
 # Stage counts a strategy is asked about before any backbone is built: more than any
 # built-in backbone has (see models/backbones.py).
@@ -35,6 +41,15 @@ class FreezeStrategy:
 
     def check_fits_backbone(self, num_stages: int, arch: str) -> None:
         """Raises OptionError for stage counts the built backbone does not have."""
+
+    def adapt(self, backbone: Backbone) -> None:
+        """Changes the built backbone before training (a parameter-efficient method adds
+        its layers: finetune/peft.py); raises a UserError where it cannot."""
+
+    def always_trained(self, network: nn.Module) -> list[nn.Parameter]:
+        """The network's parameters that train in every epoch whatever their stage (an
+        adapter's, BitFit's biases)."""
+        return []
 
     def is_always_frozen(self, num_stages: int, max_epochs: int) -> bool:
         """True when no backbone stage ever trains: its features can be computed once."""

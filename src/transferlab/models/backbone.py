@@ -21,6 +21,8 @@ class Backbone(nn.Module):
     """A feature extractor: the source network with its final classifier swapped out.
 
     The removed layer is kept, frozen, as `source_head` (the source task's own classifier).
+    `weights_source` says where the weights came from; `base_sha256` is set when a
+    parameter-efficient method adapts the network: the digest of the weights it sits on.
     """
 
     def __init__(
@@ -30,6 +32,7 @@ class Backbone(nn.Module):
         stages: StagePrefixes,
         preprocessing: Preprocessing,
         name: str = "custom",
+        weights_source: str = "random init",
     ):
         super().__init__()
         source_head = network.get_submodule(classifier)
@@ -42,6 +45,8 @@ class Backbone(nn.Module):
         self.stages = stages
         self.preprocessing = preprocessing
         self.name = name
+        self.weights_source = weights_source
+        self.base_sha256: str | None = None
         self.feature_dim = source_head.in_features
         self._check_stages_cover_all_parameters()
 

@@ -63,7 +63,8 @@ def build_backbone(
         preprocessing = preprocessing_from_weights(weights_enum)
     if input_size is not None:
         preprocessing = resized(preprocessing, input_size, arch, spec.fixed_input_size)
-    return Backbone(network, spec.classifier, spec.stages(network), preprocessing, arch)
+    source = weights_path or weights or "random init"
+    return Backbone(network, spec.classifier, spec.stages(network), preprocessing, arch, source)
 
 
 def check_backbone_options(
@@ -208,3 +209,27 @@ def _small_cnn(widths: tuple[int, int, int]) -> Architecture:
 register_architecture("small_cnn", _small_cnn((32, 64, 128)))
 # twice as wide (256-d features): backbone=small_cnn backbone.arch=small_cnn_wide
 register_architecture("small_cnn_wide", _small_cnn((64, 128, 256)))
+
+
+def _small_vit() -> Architecture:
+    """A ViT-Tiny-like transformer for 16 px inputs (16 patches of 4 px; 6 blocks of width
+    96, 3 heads): what parameter-efficient methods are studied on offline (experiments/peft)."""
+    build = functools.partial(
+        torchvision.models.VisionTransformer,
+        image_size=16,
+        patch_size=4,
+        num_layers=6,
+        num_heads=3,
+        hidden_dim=96,
+        mlp_dim=384,
+    )
+    return Architecture(
+        build=build,
+        classifier="heads.head",
+        stages=_vit_stages,
+        preprocessing=Preprocessing(mean=(0.5,) * 3, std=(0.5,) * 3, input_size=16),
+        fixed_input_size=True,
+    )
+
+
+register_architecture("vit_tiny_p4", _small_vit())

@@ -84,12 +84,16 @@ def inference_cost(
     """The cost metrics of `backbone` (the real one, also when cached features stood in for
     it) followed by `head`, measured on `setting.device`; the model is left as found."""
     model = Classifier(backbone.network, head)
-    total, trainable = parameter_counts(backbone, head, freeze, setting.epochs)
+    total, trained = parameter_counts(backbone, head, freeze, setting.epochs)
+    trainable = _count(trained)
     single = latency_ms(model, 1, setting, BUDGET_S / 2)
     batch = latency_ms(model, batch_size, setting, BUDGET_S / 2)
     return {
         "model/params_total": total,
         "model/params_trainable": trainable,
+        "model/params_trainable_pct": 100 * trainable / total,
+        # what a task adds to its base: the trained parameters (a PEFT checkpoint holds these)
+        "model/adapter_size_mb": sum(p.numel() * p.element_size() for p in trained) / 1e6,
         "model/size_mb": state_dict_megabytes(model),
         "inference/latency_ms_single": single,
         "inference/latency_ms_batch": batch,
@@ -99,22 +103,23 @@ def inference_cost(
 
 def parameter_counts(
     backbone: Backbone, head: nn.Module, freeze: FreezeStrategy, epochs: int
-) -> tuple[int, int]:
-    """(total, trainable) parameters of the deployed model (the source classifier is not
-    part of it). Trainable: the head, and every backbone stage that the freeze strategy
-    left unfrozen in at least one of the `epochs` trained; a stage unfrozen only later
-    than an early stop never trained. Derived from the strategy, not from `requires_grad`,
-    which only tells the last epoch's state."""
-    head_count = _count(head.parameters())
-    total = _count(backbone.network.parameters()) + head_count
-    trained = {
+) -> tuple[int, list[nn.Parameter]]:
+    """The deployed model's parameter count (the source classifier is not part of it) and
+    the parameters that trained: the head, every backbone stage that the freeze strategy
+    left unfrozen in at least one of the `epochs` trained (a stage unfrozen only later than
+    an early stop never trained), and those it trains in every stage (an adapter's).
+    Derived from the strategy, not from `requires_grad`, which only tells the last epoch's
+    state."""
+    total = _count(backbone.network.parameters()) + _count(head.parameters())
+    stages = {
         stage
         for epoch in range(epochs)
         for stage in set(range(backbone.num_stages))
         - freeze.frozen_stages(backbone.num_stages, epoch)
     }
-    backbone_count = sum(_count(backbone.stage_parameters(s)) for s in trained)
-    return total, backbone_count + head_count
+    trained = [p for s in sorted(stages) for p in backbone.stage_parameters(s)]
+    trained += [*freeze.always_trained(backbone.network), *head.parameters()]
+    return total, list({id(p): p for p in trained}.values())
 
 
 def state_dict_megabytes(model: nn.Module) -> float:

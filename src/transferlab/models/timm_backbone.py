@@ -38,7 +38,9 @@ def build_timm_backbone(
     if input_size is not None:
         fixed = network.pretrained_cfg.get("fixed_input_size", False)
         preprocessing = resized(preprocessing, input_size, name, fixed)
-    return Backbone(network, classifier, feature_stages(network, classifier), preprocessing, name)
+    source = weights_path or ("timm pretrained" if pretrained else "random init")
+    stages = feature_stages(network, classifier)
+    return Backbone(network, classifier, stages, preprocessing, name, source)
 
 
 build_timm_backbone.check_options = check_input_size  # the model name is checked by timm
