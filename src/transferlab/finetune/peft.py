@@ -47,7 +47,8 @@ class ParameterEfficient(FreezeStrategy):
         """Where a method inserts its layers; raises OptionError where it cannot."""
 
     def trains(self, name: str) -> bool:
-        """Whether the network's parameter `name` trains."""
+        """Whether the network's parameter `name` trains (a method whose choice depends on
+        the layers, such as BitFit's norms, overrides `always_trained` instead)."""
         raise NotImplementedError
 
     def always_trained(self, network: nn.Module) -> list[nn.Parameter]:
@@ -104,26 +105,19 @@ class BitFit(ParameterEfficient):
     def __init__(self, norms: bool = False):
         self.check_options(norms=norms)
         self.norms = norms
-        self._norm_parameters: set[str] = set()
 
     @staticmethod
     def check_options(norms: bool) -> None:
         if not isinstance(norms, bool):
             raise OptionError("norms", norms, "must be true or false")
 
-    def add_parameters(self, backbone: Backbone) -> None:
-        from transferlab.finetune.peft_layers import norm_parameter_names
-
-        self._norm_parameters = norm_parameter_names(backbone.network) if self.norms else set()
-
-    def trains(self, name: str) -> bool:
-        return name.endswith("bias") or name in self._norm_parameters
-
     def always_trained(self, network: nn.Module) -> list[nn.Parameter]:
         from transferlab.finetune.peft_layers import norm_parameter_names
 
-        self._norm_parameters = norm_parameter_names(network) if self.norms else set()
-        return super().always_trained(network)
+        norms = norm_parameter_names(network) if self.norms else set()
+        return [
+            p for name, p in network.named_parameters() if name.endswith("bias") or name in norms
+        ]
 
 
 class VisualPromptTuning(ParameterEfficient):
