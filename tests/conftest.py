@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 
 import pytest
+import pytorch_lightning  # noqa: F401 - imported now: see below
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -17,6 +18,9 @@ from omegaconf import DictConfig, open_dict
 from transferlab.runtime import setup
 
 setup()  # as every entry point does: studies and the Optuna sweeper registered, logs quiet
+# Lightning gives its logger a handler on sys.stderr when first imported: imported inside a
+# test, that is the test's captured stream, closed after it, and every later Lightning log
+# line printed "--- Logging error ---" into whichever test ran then.
 
 # The smallest budgets that still train: a couple of epochs (the scratch baseline's too), no
 # progress bar.

@@ -140,3 +140,18 @@ def test_library_internals_only_in_compat():
         if f"{module}.{imported}".startswith(INTERNALS) or module.startswith(INTERNALS)
     ]
     assert reached == []
+
+
+def test_every_package_ships_in_the_wheel():
+    """setuptools lists packages by hand (pyproject.toml): one left out imports in an
+    editable install and is missing from the wheel."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((SRC.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    on_disk = {
+        ".".join(init.parent.relative_to(SRC).parts)
+        for init in (SRC / "transferlab").rglob("__init__.py")
+    }
+    assert on_disk <= listed, sorted(on_disk - listed)

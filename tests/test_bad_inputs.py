@@ -197,6 +197,23 @@ BAD: dict[str, list[Bad]] = {
         ),
         Bad("source=digits_0_4 +source.trainer.max_epoch=3", ("source stage", "max_epochs")),
     ],
+    "target_domain": [
+        Bad("target_domain=mnist", ("target_domain/mnist", "printed_digits"), by_hydra=True),
+        Bad(
+            "target_domain=digits target_domain.task.classes=[0,1,2] adapt=mcc",
+            ("target domain's classes", "dataset.task.classes", "target_domain.task.classes"),
+        ),
+        Bad("target_domain=digits target_domain.task.val_fraction=1.5", ("target_domain.task",)),
+    ],
+    "adapt": [
+        Bad("adapt=dann", ("adapt=DANN", "target_domain=<option>")),
+        Bad("target_domain=digits adapt=mcc adapt.selection=best", ("adapt.selection", "entropy")),
+        Bad("target_domain=digits adapt=dann adapt.weight=-1", ("adapt.weight=-1", ">= 0")),
+        Bad(
+            "target_domain=digits adapt=dann optimize_metric=target/test/acc",
+            ("optimize_metric='target/test/acc'", "adapt.selection=oracle"),
+        ),
+    ],
     "scratch": [
         Bad("compare_scratch=true scratch.trainer.max_epochs=0", ("scratch stage", "max_epochs")),
         Bad("compare_scratch=true +scratch.optimizer.lr=nan", ("scratch", "lr", "finite")),

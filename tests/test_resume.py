@@ -75,8 +75,17 @@ def _interrupt_then_resume(make_config, client, runs, overrides, step, tmp_path)
             "dataset.task.train_per_class=16",
             "loader.batch_size=16",
         ],
+        # adapting: the target's batches (an order of their own) and DANN's ramp go on too
+        [
+            "trainer.max_epochs=3",  # 8 steps an epoch: interrupted in epoch 2
+            "dataset=printed_digits",
+            "dataset.per_class=40",
+            "target_domain=digits",
+            "adapt=dann",
+            "loader.batch_size=32",
+        ],
     ],
-    ids=["plain", "gradual-unfreezing", "plateau-scheduler", "lora"],
+    ids=["plain", "gradual-unfreezing", "plateau-scheduler", "lora", "dann"],
 )
 def test_a_resumed_run_ends_exactly_as_one_never_interrupted(
     make_config, client, runs, overrides, tmp_path

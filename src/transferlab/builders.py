@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.loggers import Logger
 
+from transferlab.adaptation.base import build_adaptation
 from transferlab.checkpointing import AtomicCheckpointIO, resumable_training
 from transferlab.components import build, options_of
 from transferlab.data.module import TransferDataModule
@@ -22,6 +23,7 @@ from transferlab.errors import instantiate
 from transferlab.gpu_options import GpuOptions, trainer_arguments
 from transferlab.models.backbone import Backbone
 from transferlab.module import TransferModule
+from transferlab.objective import adaptation_node, lower_is_better, selected_metric, selection_of
 from transferlab.pruning import pruning_callbacks
 from transferlab.tracking.mlflow_run import Tracker
 
@@ -67,7 +69,7 @@ def build_backbone_and_data(
     with options_of("freeze"):
         freeze.check_fits_backbone(backbone.num_stages, backbone.name)
         freeze.adapt(backbone)  # e.g. LoRA's layers, seeded like the rest
-    data = TransferDataModule(cfg.dataset, backbone.preprocessing, cfg.loader, fold, seed=cfg.seed)
+    data = TransferDataModule.for_run(cfg, backbone.preprocessing, fold)
     data.setup()
     return backbone, data
 
@@ -76,6 +78,7 @@ def build_module(cfg: DictConfig, backbone: Backbone, num_classes: int) -> Trans
     """Head, freeze strategy and regulariser are their groups' `_target_`s; the head gets
     its sizes and the regulariser the networks it watches (none: `_target_: null`)."""
     head = build(cfg.head, "head", in_features=backbone.feature_dim, num_classes=num_classes)
+    adaptation = build_adaptation(adaptation_node(cfg), backbone.feature_dim, num_classes)
     return TransferModule(
         backbone,
         head,
@@ -87,6 +90,8 @@ def build_module(cfg: DictConfig, backbone: Backbone, num_classes: int) -> Trans
         label_smoothing=cfg.loss.label_smoothing,
         mixup_alpha=cfg.augment.mixup_alpha,
         cutmix_alpha=cfg.augment.cutmix_alpha,
+        adaptation=adaptation,
+        selection=selection_of(cfg),
     )
 
 
@@ -98,7 +103,12 @@ def build_trainer(
     gives each process its share of the batches itself: Lightning's DistributedSampler
     would shuffle the seeded training order again and repeat evaluation images."""
     trainer_cfg, options = trainer_arguments(cfg.trainer)
-    configured = [instantiate(c) for c in cfg.callbacks.values() if c is not None]  # null: off
+    selection = selection_of(cfg)
+    configured = [
+        instantiate(following_selection(c, selection))
+        for c in cfg.callbacks.values()
+        if c is not None  # null: off
+    ]
     resumable = resumable_training(cfg.checkpoint, stage_dir)  # after the best checkpoint
     callbacks = [*configured, *pruning_callbacks(cfg), resumable]
     if any(options.values()):
@@ -113,6 +123,20 @@ def build_trainer(
         use_distributed_sampler=False,
         plugins=[AtomicCheckpointIO()],  # checkpoints renamed into place, never half-written
     )
+
+
+def following_selection(callback: DictConfig, selection: str | None) -> DictConfig:
+    """A callback that watches the validation (the checkpoint, early stopping) watches what
+    the run's `adapt.selection` chooses by: with a target domain and `entropy`, the target's
+    prediction entropy (lower is better) where it said `val/acc`."""
+    monitor = callback.get("monitor")
+    if monitor is None or selected_metric(monitor, selection) == monitor:
+        return callback
+    followed = callback.copy()
+    followed.monitor = selected_metric(monitor, selection)
+    if "mode" in followed:
+        followed.mode = "min" if lower_is_better(followed.monitor) else "max"
+    return followed
 
 
 def resolve_precision(precision: str | None) -> str:

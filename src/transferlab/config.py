@@ -26,6 +26,7 @@ from transferlab.config_targets import (
 )
 from transferlab.config_values import check_plain_values
 from transferlab.errors import UserError
+from transferlab.objective import selection_of
 from transferlab.stage_configs import derived_stages
 
 
@@ -81,6 +82,11 @@ def check_components_fit(cfg: DictConfig) -> None:
     if not is_classical_head(cfg.head):
         return
     head = _choice(cfg, "head")
+    if selection_of(cfg) is not None:
+        raise UserError(
+            f"head={head} is fitted on frozen features once, but a target domain is "
+            "selected and adapted to while a network trains; use a neural head (linear, mlp)"
+        )
     if not freeze.never_trains_backbone(cfg.trainer.max_epochs):
         raise UserError(
             f"head={head} is fitted on frozen features, but freeze={_choice(cfg, 'freeze')} "
@@ -132,3 +138,15 @@ def check_folds_fit_data(cfg: DictConfig) -> None:
 
     native = Preprocessing(input_size=None)
     TransferDataModule(cfg.dataset, native, cfg.loader, Fold(0, cfg.cv.folds)).setup()
+
+
+def check_domains_match(cfg: DictConfig) -> None:
+    """A target domain must have the dataset's classes: both are loaded (as
+    check_folds_fit_data loads them) and compared by the code the run uses, before any
+    MLflow run exists."""
+    if selection_of(cfg) is None:
+        return
+    from transferlab.data.module import TransferDataModule
+    from transferlab.data.transforms import Preprocessing
+
+    TransferDataModule.for_run(cfg, Preprocessing(input_size=None)).setup()

@@ -23,7 +23,9 @@ COMPONENT_GROUPS = {
     "head": ("in_features", "num_classes"),
     "freeze": (),
     "regularizer": ("backbone", "head"),
+    "adapt": ("feature_dim", "num_classes"),
 }
+OWN_KEYS = {"adapt": ("selection",)}  # transferlab's, taken off before the target is called
 
 
 # What torch raises for options it refuses (Hydra wraps errors in the call it makes)
@@ -37,7 +39,8 @@ def check_targets(cfg: DictConfig) -> None:
 
     check_target(cfg.backbone, "backbone")
     for group, filled in COMPONENT_GROUPS.items():
-        check_target(cfg[group], group, filled=filled)
+        node = cfg.get(group) or {"_target_": None}  # a run recorded before the group existed
+        check_target(node, group, filled=filled, own_keys=OWN_KEYS.get(group, ()))
     check_target(cfg.optimizer, "optimizer", ("params",), own=("param_groups", GroupOptions))
     check_target(cfg.scheduler, "scheduler", ("optimizer",), own=("lightning", lightning_scheduler))
     check_data_and_trainer(cfg)
@@ -58,6 +61,8 @@ def check_data_and_trainer(cfg: DictConfig) -> None:
     from transferlab.gpu_options import GpuOptions
 
     check_target(cfg.dataset, "dataset", own=("task", TaskSpec))
+    if cfg.get("target_domain", {}).get("_target_") is not None:
+        check_target(cfg.target_domain, "target_domain", own=("task", TaskSpec))
     check_target(cfg.trainer, "trainer", own=("gpu", GpuOptions))
 
 
@@ -66,16 +71,19 @@ def check_target(
     key: str,
     filled: Iterable[str] = (),
     own: tuple[str, Callable] | None = None,
+    own_keys: Iterable[str] = (),
 ) -> None:
     """`own`: transferlab's node in the group (`dataset.task`, ...) and what its keys are the
-    parameters of; taken off before the `_target_` is called, so not one of its parameters."""
+    parameters of; `own_keys`: transferlab's plain values there (`adapt.selection`, checked
+    by the first pass). Both are taken off before the `_target_` is called."""
     path = node.get("_target_")
     if path is None:  # scheduler=none: a constant learning rate
-        known_keys(node, f"{key}.", (), f"{key} without a _target_")
+        known_keys(node, f"{key}.", own_keys, f"{key} without a _target_")
         return
     target = locate(path, key)
     _check_own_values(node, key, target, filled)  # first: its messages are the precise ones
-    _check_options(node, key, target, path, filled, own[:1] if own else ())
+    transferlab_keys = (*(own[:1] if own else ()), *own_keys)
+    _check_options(node, key, target, path, filled, transferlab_keys)
     if own is not None and own[0] in node:
         _check_own_node(node[own[0]], f"{key}.{own[0]}", own[1])
 

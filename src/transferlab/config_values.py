@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from transferlab.components import fraction, is_number, number, whole_number
 from transferlab.config_keys import check_keys, no_missing_values, resolvable
 from transferlab.errors import UserError, one_of
+from transferlab.objective import SELECTIONS, TARGET_LABELLED, adaptation_node, selection_of
 
 FIT_METRICS = ("val/acc", "val/loss", "train/acc", "train/loss", "train/reg")
 
@@ -21,6 +22,14 @@ METRICS = (*FIT_METRICS, "test/acc", "test/loss")
 
 
 LATER_METRICS = ("time/", "model/", "inference/", "scratch/")  # logged after the fit
+
+
+# With a target domain: what is logged while training (its validation split's mean entropy of
+# the predictions, deep embedded validation's risk, and, with the oracle only, its accuracy
+# and loss), and after it (its labelled test split; the A-distance between the domains)
+TARGET_FIT_METRICS = ("target/val/entropy", "target/val/dev", "train/adapt", "source/val/acc")
+TARGET_FIT_METRICS += ("source/val/loss", "target/val/acc", "target/val/loss")
+TARGET_LATER_METRICS = ("target/test/", "adapt/")
 
 
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "auto-mixed", "16-true", "bf16-true", "64-true")
@@ -55,6 +64,7 @@ def check_plain_values(cfg: DictConfig) -> None:
     _check_numbers(cfg)
     _check_switches(cfg)
     _check_methods(cfg)
+    _check_adaptation(cfg)
     _check_metric_names(cfg)
 
 
@@ -112,6 +122,28 @@ def _check_methods(cfg: DictConfig) -> None:
         )
 
 
+def _check_adaptation(cfg: DictConfig) -> None:
+    """Adaptation needs unlabelled target images; choosing by the target needs a target."""
+    adapt, target = adaptation_node(cfg), cfg.get("target_domain") or {}
+    selection = adapt.get("selection", "source_val")
+    if selection not in SELECTIONS:
+        raise UserError(f"adapt.selection={selection!r} is unknown; use {one_of(SELECTIONS)}")
+    if target.get("_target_") is not None:
+        _check_task(own_node(target, "task"), "target_domain.task")
+        return
+    if adapt.get("_target_") is not None:
+        raise UserError(
+            f"adapt={adapt._target_.rpartition('.')[2]} adapts to a target domain, but there "
+            "is none; add target_domain=<option> (digits, printed_digits, or your own "
+            "dataset config), the unlabelled images to adapt to"
+        )
+    if selection != "source_val":
+        raise UserError(
+            f"adapt.selection={selection} reads a target domain, but there is none; add "
+            "target_domain=<option>, or leave adapt.selection=source_val"
+        )
+
+
 def own_node(group: DictConfig, name: str) -> DictConfig:
     """transferlab's own node in a group (`dataset.task`, ...), empty where absent or not a
     node: the second pass refuses the latter, naming the node's keys."""
@@ -138,24 +170,44 @@ def _check_task(task: DictConfig, prefix: str) -> None:
 
 def _check_metric_names(cfg: DictConfig) -> None:
     """Metrics are looked up by name only once training runs, or after it."""
-    metric = cfg.optimize_metric
-    if metric not in METRICS and not (isinstance(metric, str) and metric.startswith(LATER_METRICS)):
+    metric, selection = cfg.optimize_metric, selection_of(cfg)
+    fit, later = FIT_METRICS, LATER_METRICS
+    if selection is not None:
+        fit, later = (*fit, *TARGET_FIT_METRICS), (*later, *TARGET_LATER_METRICS)
+    if metric not in (*fit, "test/acc", "test/loss") and not (
+        isinstance(metric, str) and metric.startswith(later)
+    ):
         raise UserError(
             f"optimize_metric={metric!r} is not logged; use {one_of(METRICS)} "
-            f"(or a metric under {one_of(LATER_METRICS)})"
+            f"(or a metric under {one_of(later)})"
         )
+    _refuse_target_labels("optimize_metric", metric, selection)
     watchers = {f"callbacks.{name}": node for name, node in cfg.callbacks.items()}
     watchers["scheduler.lightning"] = own_node(cfg.scheduler, "lightning")  # Lightning's
     for key, node in {"scheduler": cfg.scheduler, **watchers}.items():
         if not OmegaConf.is_dict(node):
             continue
         monitor = node.get("monitor")
-        if monitor is not None and monitor not in FIT_METRICS:
+        if monitor is not None and monitor not in fit:
             raise UserError(
-                f"{key}.monitor={monitor!r} is not logged while training; use {one_of(FIT_METRICS)}"
+                f"{key}.monitor={monitor!r} is not logged while training; use {one_of(fit)}"
             )
+        _refuse_target_labels(f"{key}.monitor", monitor, selection)
         if node.get("mode", "min") not in ("min", "max"):
             raise UserError(f"{key}.mode={node.mode!r} is unknown; use min or max")
+
+
+def _refuse_target_labels(key: str, metric: str | None, selection: str | None) -> None:
+    """Choosing a checkpoint or hyperparameters by the target's labels is what inflates
+    published adaptation results: only the oracle, an upper bound, may."""
+    if selection in (None, "oracle") or not str(metric).startswith(TARGET_LABELLED):
+        return
+    raise UserError(
+        f"{key}={metric!r} reads the target domain's labels, which model selection never "
+        f"sees (adapt.selection={selection}); use an unsupervised metric "
+        f"({one_of(['target/val/entropy', 'target/val/dev', 'val/acc', 'val/loss'])}), or "
+        "adapt.selection=oracle for the labelled upper bound"
+    )
 
 
 def _positive(

@@ -22,6 +22,7 @@ from transferlab.data.feature_cache import FeatureCache, extract_features, weigh
 from transferlab.data.module import TransferDataModule
 from transferlab.models.backbone import Backbone
 from transferlab.models.classical_heads import evaluate, save
+from transferlab.objective import selection_of
 from transferlab.tracking.artifacts import write_test_artifacts
 from transferlab.tracking.mlflow_run import TrackedRun
 
@@ -47,8 +48,11 @@ class FeaturesAsInput(nn.Module):
 
 
 def can_cache_features(cfg: DictConfig, backbone: Backbone) -> bool:
-    """The cache is on, the backbone never trains and nothing random touches the images.
-    (With the cache off, a neural head trains with the backbone in the loop, as usual.)"""
+    """The cache is on, the backbone never trains, nothing random touches the images and
+    there is no target domain (whose batches the cache does not hold). (With the cache off,
+    a neural head trains with the backbone in the loop, as usual.)"""
+    if selection_of(cfg) is not None:
+        return False
     mixing = cfg.augment.mixup_alpha > 0 or cfg.augment.cutmix_alpha > 0
     freeze = build(cfg.freeze, "freeze")
     frozen = freeze.is_always_frozen(backbone.num_stages, cfg.trainer.max_epochs)

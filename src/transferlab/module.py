@@ -1,5 +1,6 @@
 """The LightningModule: backbone + new head, trained under a freeze strategy, with an
-optional regulariser toward the source, label smoothing and MixUp / CutMix."""
+optional regulariser toward the source, label smoothing and MixUp / CutMix, and optional
+unsupervised adaptation to a target domain."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import math
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 from pytorch_lightning.strategies import Strategy
 from torch import nn
 from torchvision.transforms import v2
 
+from transferlab.adaptation.base import DomainAdaptation, prediction_entropy
+from transferlab.adaptation.selection import dev_risk
 from transferlab.errors import TrainingDiverged
 from transferlab.finetune.adapted_checkpoint import keep_trained_only, restore_base_weights
 from transferlab.finetune.freezing import FreezeStrategy
@@ -20,6 +24,13 @@ from transferlab.models.backbone import Backbone
 
 
 class TransferModule(pl.LightningModule):
+    """`selection` (None: no target domain) is how the run chooses without target labels:
+    with a target domain, validation also scores its images (a second loader) by the mean
+    entropy of the predictions (target/val/entropy) and deep embedded validation
+    (target/val/dev, from the source validation's losses), and its accuracy and loss only
+    for the oracle, whose loader alone carries labels. `adaptation` adds its weighted loss
+    to each step on a pair of source and target batches."""
+
     def __init__(
         self,
         backbone: Backbone,
@@ -32,8 +43,12 @@ class TransferModule(pl.LightningModule):
         label_smoothing: float = 0.0,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
+        adaptation: DomainAdaptation | None = None,
+        selection: str | None = None,
     ):
         super().__init__()
+        self.adaptation = adaptation
+        self.selection = selection
         self.backbone = backbone
         self.head = head
         self.regularizer = regularizer
@@ -46,6 +61,8 @@ class TransferModule(pl.LightningModule):
         self.loss_guard: NonFiniteLossGuard | None = None
         self.test_predictions: list[torch.Tensor] = []
         self.test_targets: list[torch.Tensor] = []
+        # per domain, each validation batch's features (and the source's per-image losses)
+        self.validation_features: dict[str, list[tuple[torch.Tensor, ...]]] = {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))
@@ -99,31 +116,69 @@ class TransferModule(pl.LightningModule):
     # --- steps -------------------------------------------------------------------------
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        images, targets = batch
+        """Adapting, `batch` is {"source": (images, labels), "target": (images,)}: one pass
+        of the network over both, the classification loss on the source only."""
+        if isinstance(batch, dict):
+            (images, targets), (target_images,) = batch["source"], batch["target"]
+        else:
+            (images, targets), target_images = batch, None
         mixed_images, soft_targets = self.mix(images, targets) if self.mix else (images, targets)
-        features = self.backbone(mixed_images)
+        inputs = mixed_images if target_images is None else torch.cat([mixed_images, target_images])
+        features = self.backbone(inputs)
         logits = self.head(features)
-        loss = self.criterion(logits, soft_targets)
+        size = len(targets)
+        loss = self.criterion(logits[:size], soft_targets)
         sums = self.epoch_sums["train"]
-        sums.add(loss, logits, targets)
+        sums.add(loss, logits[:size], targets)
+        if target_images is not None:
+            progress = self.global_step / max(self.trainer.estimated_stepping_batches, 1)
+            adapt = self.adaptation(
+                features[:size], features[size:], logits[:size], logits[size:], min(progress, 1.0)
+            )
+            sums.add_extra("adapt", adapt, size)
+            loss = loss + self.adaptation.weight * adapt
         if self.regularizer is not None:
-            penalty = self.regularizer(mixed_images, features)
-            sums.add_extra("reg", penalty, len(targets))
+            penalty = self.regularizer(mixed_images, features[:size])
+            sums.add_extra("reg", penalty, size)
             loss = loss + penalty
         self.loss_guard.record(loss, self.global_step, self.current_epoch)
         return loss
 
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if dataloader_idx == 1:  # the target domain's images (labelled for the oracle only)
+            return self._target_validation_step(batch)
         images, targets = batch
-        logits = self(images)
+        features = self.backbone(images)
+        logits = self.head(features)
         self.epoch_sums["val"].add(self.criterion(logits, targets), logits, targets)
+        if self.selection is not None:  # what deep embedded validation weighs
+            losses = F.cross_entropy(logits.float(), targets, reduction="none")
+            self._keep_for_validation("source", features, losses)
 
-    def test_step(self, batch, batch_idx: int) -> None:
+    def _target_validation_step(self, batch) -> None:
+        features = self.backbone(batch[0])
+        logits = self.head(features)
+        sums = self.epoch_sums["target/val"]
+        if len(batch) == 2:
+            sums.add(self.criterion(logits, batch[1]), logits, batch[1])
+        else:
+            sums.add_unlabelled(len(logits))
+        entropy = prediction_entropy(logits.float().softmax(dim=1)).mean()
+        sums.add_extra("entropy", entropy, len(logits))
+        self._keep_for_validation("target", features)
+
+    def _keep_for_validation(self, domain: str, features: torch.Tensor, *extra) -> None:
+        kept = self.validation_features.setdefault(domain, [])
+        kept.append(tuple(t.detach().float().cpu() for t in (features, *extra)))
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         images, targets = batch
         logits = self(images)
-        self.epoch_sums["test"].add(self.criterion(logits, targets), logits, targets)
-        self.test_predictions.append(logits.argmax(dim=1).cpu())
-        self.test_targets.append(targets.cpu())
+        split = "target/test" if dataloader_idx == 1 else "test"
+        self.epoch_sums[split].add(self.criterion(logits, targets), logits, targets)
+        if dataloader_idx == 0:
+            self.test_predictions.append(logits.argmax(dim=1).cpu())
+            self.test_targets.append(targets.cpu())
 
     # --- epoch metrics: summed per step, logged once per epoch ---------------------------
     # Lightning's `self.log` costs ~0.7 ms a call on a CPU (it walks its result objects each
@@ -137,9 +192,12 @@ class TransferModule(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self.epoch_sums["val"] = EpochSums(self.device)
+        self.epoch_sums["target/val"] = EpochSums(self.device, self.selection == "oracle")
+        self.validation_features = {}
 
     def on_test_epoch_start(self) -> None:
         self.epoch_sums["test"] = EpochSums(self.device)
+        self.epoch_sums["target/test"] = EpochSums(self.device)
         self.test_predictions, self.test_targets = [], []
 
     def on_train_epoch_end(self) -> None:
@@ -148,36 +206,57 @@ class TransferModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")
+        if self.selection is not None:
+            self._log_epoch("val", "source/val")  # the same, named beside target/val/*
+            self._log_epoch("target/val")
+            self._log_deep_embedded_validation()
+
+    def _log_deep_embedded_validation(self) -> None:
+        """The source validation's loss, weighted by how target-like each image's features
+        are (see adaptation.selection). Under DDP each process weighs its own share and
+        the processes' risks are averaged."""
+        kept = self.validation_features
+        if "source" not in kept or "target" not in kept:
+            return  # a sanity check's batches, or an empty split: nothing to weigh
+        source_features, losses = (torch.cat(parts) for parts in zip(*kept["source"], strict=True))
+        target_features = torch.cat([features for (features,) in kept["target"]])
+        risk = dev_risk(source_features, target_features, source_features, losses)
+        risk = torch.tensor(risk, device=self.device)
+        self.log("target/val/dev", self.trainer.strategy.reduce(risk, reduce_op="mean"))
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
+        if self.selection is not None:
+            self._log_epoch("target/test")
         if self.trainer.world_size > 1:  # each DDP process scored its share of the images
             self.test_predictions = _gathered(self, self.test_predictions)
             self.test_targets = _gathered(self, self.test_targets)
 
-    def _log_epoch(self, split: str) -> None:
-        """Means over every image of the epoch, on all ranks together (sums are reduced)."""
+    def _log_epoch(self, split: str, name: str | None = None) -> None:
+        """Means over every image of the epoch, on all ranks together (sums are reduced),
+        logged as `<name or split>/<metric>`."""
         reduced = {
-            name: self.trainer.strategy.reduce(value, reduce_op="sum")
-            for name, value in self.epoch_sums[split].sums.items()
+            metric: self.trainer.strategy.reduce(value, reduce_op="sum")
+            for metric, value in self.epoch_sums[split].sums.items()
         }
         count = reduced.pop("count")
         if count == 0:
             return  # an empty split (e.g. no validation images): nothing to average
-        for name, total in reduced.items():
-            self.log(f"{split}/{name}", total / count)
+        for metric, total in reduced.items():
+            self.log(f"{name or split}/{metric}", total / count)
 
     # --- checkpoints: a parameter-efficient run's hold what trained, and its base's digest --
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.backbone.base_sha256 is not None:
-            keep_trained_only(checkpoint, self.backbone, self.freeze, self.head)
+            new = {"head": self.head, "adaptation": self.adaptation}
+            keep_trained_only(checkpoint, self.backbone, self.freeze, new)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         restore_base_weights(checkpoint, self.backbone, self.state_dict())
 
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.optimizer_cfg, self.backbone, self.head)
+        optimizer = build_optimizer(self.optimizer_cfg, self.backbone, self.head, self.adaptation)
         scheduler = build_scheduler(self.scheduler_cfg, optimizer)
         if scheduler is None:
             return optimizer
@@ -213,14 +292,19 @@ class EpochSums:
     """Per-epoch sums of loss, correct predictions (and extras such as the regulariser),
     weighted by images, so that their means are exact whatever the batch sizes."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, labelled: bool = True):
+        """Unlabelled (a target domain's images): only the image count and extras."""
         zero = torch.zeros((), device=device)
-        self.sums = {"loss": zero.clone(), "acc": zero.clone(), "count": zero.clone()}
+        names = ("loss", "acc", "count") if labelled else ("count",)
+        self.sums = {name: zero.clone() for name in names}
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
         size = len(targets)
         self.sums["loss"] += loss.detach() * size
         self.sums["acc"] += (logits.detach().argmax(dim=1) == targets).sum()
+        self.sums["count"] += size
+
+    def add_unlabelled(self, size: int) -> None:
         self.sums["count"] += size
 
     def add_extra(self, name: str, value: torch.Tensor, size: int) -> None:

@@ -16,6 +16,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from transferlab.objective import run_metric
 from transferlab.report import write_report
 from transferlab.scrub import scrub_log_records
 from transferlab.tracking.redaction import (
@@ -34,11 +35,14 @@ class SweepTracking(Callback):
         self.sweep = SweepRun(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep, metric = self.sweep, config.optimize_metric
+        sweep, metric = self.sweep, run_metric(config)
         counts, summary = sweep.summarise(metric)
-        if summary:  # the report's table and plots, as artifacts of the parent
-            write_report(sweep.run_id, Path(config.hydra.sweep.dir) / "report", sweep.tracker.uri)
-        sweep.finish()
+        try:
+            if summary:  # the report's table and plots, as artifacts of the parent
+                folder = Path(config.hydra.sweep.dir) / "report"
+                write_report(sweep.run_id, folder, sweep.tracker.uri, metric)
+        finally:  # a report that fails leaves no parent run RUNNING
+            sweep.finish()
         print_summary(counts, summary, metric, sweep.run_id)
         if counts["failed"]:
             sys.exit(1)  # the multirun's exit code says that jobs failed

@@ -16,6 +16,8 @@ GROUPS = (
     "scheduler",
     "trainer",
     "source",
+    "adapt",
+    "target_domain",
 )
 # The one list of keys that never change what a run computes: where results go, how often
 # checkpoints are written, how progress is shown, which trial of which sweep a run is. The
@@ -28,6 +30,7 @@ NOT_RESULT_KEYS = (
     "optimize_metric",
     "compare_scratch",
     "feature_cache",
+    "dataset.cache_dir",  # where generated data (printed_digits) is cached, not which
     "checkpoint",
     "callbacks.progress_bar",
     "resume",
@@ -36,7 +39,7 @@ NOT_RESULT_KEYS = (
 )
 # Words in the names of metrics whose smaller values are better (and durations, `*_s`); any
 # other metric (accuracies, accuracy gains, rates such as images per second) is maximised.
-MINIMISED = ("loss", "latency", "time/", "size", "params_", "error")
+MINIMISED = ("loss", "latency", "time/", "size", "params_", "error", "entropy", "val/dev")
 
 
 def changes_result(key: str) -> bool:
@@ -57,6 +60,44 @@ def lower_is_better(metric: str) -> bool:
 def direction(metric: str) -> str:
     """Optuna's name for the direction of `metric`."""
     return "minimize" if lower_is_better(metric) else "maximize"
+
+
+# How a run with a target domain chooses its checkpoint, stops early and scores a sweep's
+# trial (`adapt.selection`): each selection's metric for what watches `val/acc` and for what
+# watches `val/loss`. Only `oracle` reads the target's labels (an upper bound, never a result).
+SELECTIONS = {
+    "source_val": {"val/acc": "val/acc", "val/loss": "val/loss"},
+    "entropy": {"val/acc": "target/val/entropy", "val/loss": "target/val/entropy"},
+    "dev": {"val/acc": "target/val/dev", "val/loss": "target/val/dev"},
+    "oracle": {"val/acc": "target/val/acc", "val/loss": "target/val/loss"},
+}
+TARGET_LABELLED = ("target/val/acc", "target/val/loss", "target/test/")  # what reads its labels
+
+
+def adaptation_node(cfg) -> dict:
+    """The run's `adapt` node; a run recorded before adaptation existed has none."""
+    return cfg.get("adapt") or {"_target_": None}
+
+
+def selection_of(cfg) -> str | None:
+    """A run's `adapt.selection` where it has a target domain, else None."""
+    if (cfg.get("target_domain") or {}).get("_target_") is None:
+        return None
+    return adaptation_node(cfg).get("selection", "source_val")
+
+
+def selected_metric(metric: str, selection: str | None) -> str:
+    """The metric a run watches where the config names `metric`: with a target domain, what
+    watches the validation (`val/acc`, `val/loss`) follows the selection, so the checkpoint,
+    early stopping and the objective never read the target's labels unless it is `oracle`."""
+    if selection is None:
+        return metric
+    return SELECTIONS[selection].get(metric, metric)
+
+
+def run_metric(cfg) -> str:
+    """The objective a run returns to sweepers: `optimize_metric`, as its selection reads it."""
+    return selected_metric(cfg.optimize_metric, selection_of(cfg))
 
 
 def objective_value(metrics: dict[str, float], metric: str) -> float | None:

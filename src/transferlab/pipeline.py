@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from transferlab.adaptation.shift import record_domain_shift, test_features
 from transferlab.builders import (
     build_backbone_and_data,
     build_module,
@@ -29,7 +30,7 @@ from transferlab.builders import (
 )
 from transferlab.checkpointing import last_checkpoint_path
 from transferlab.components import is_classical_head
-from transferlab.config import check_accelerator, check_folds_fit_data
+from transferlab.config import check_accelerator, check_domains_match, check_folds_fit_data
 from transferlab.data.module import TransferDataModule
 from transferlab.data.splits import Fold
 from transferlab.distributed import barrier, is_global_zero
@@ -42,6 +43,7 @@ from transferlab.frozen import (
 )
 from transferlab.models.backbone import Backbone
 from transferlab.models.inference_cost import InferenceSetting, image_shape
+from transferlab.objective import run_metric
 from transferlab.recording import (
     SOURCE_WEIGHTS,
     StageResult,
@@ -80,7 +82,7 @@ SOURCE_KEY_TAG = "transferlab.source_key"  # on a source run: its config_key, fo
 def run_experiment(cfg: DictConfig) -> float:
     """Runs what the config asks for and returns the objective (for Hydra sweepers)."""
     main = run_stages(cfg, group_choices(), sweep_tags())
-    return objective(main, cfg.optimize_metric)
+    return objective(main, run_metric(cfg))
 
 
 def run_stages(composed: DictConfig, choices: dict[str, str], tags: dict[str, str]) -> StageResult:
@@ -90,6 +92,7 @@ def run_stages(composed: DictConfig, choices: dict[str, str], tags: dict[str, st
     cfg = resolved(composed)
     check_accelerator(cfg.trainer.accelerator)
     check_folds_fit_data(cfg)  # before any MLflow run exists
+    check_domains_match(cfg)
     share_cpus_between_workers()
     experiment = recorded_experiment(composed)  # what its runs record: no secret, no $ENV value
     tracker = open_tracker(tracking_uri(cfg.tracking.uri), cfg.experiment_name, experiment)
@@ -238,6 +241,7 @@ def fit_neural_head(
     trainer = build_trainer(cfg, TrackedRunLogger(run), stage_dir, precision)
     last = last_checkpoint_path(stage_dir).resolve()
     run.set_tags({CHECKPOINT_TAG: str(last)})  # what `resume` continues from
+    domains_before = test_features(module.backbone, data) if data.target else None
     fit_start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
     run.log_metrics({"time/fit_s": time.perf_counter() - fit_start})  # what sweeps compare
@@ -251,6 +255,10 @@ def fit_neural_head(
     run.log_metrics(summary)
     if is_global_zero():
         record_artifacts(run, module, data, best, stage_dir, backbone, setting)
+        if domains_before is not None:
+            after = test_features(module.backbone, data)
+            shift = record_domain_shift(run, domains_before, after, stage_dir / "adapt", cfg.seed)
+            summary.update(shift)
     return {**metrics, **summary}
 
 
@@ -267,4 +275,4 @@ def resume_stage(resumption: Resumption, output_dir: str) -> float:
     tracker = open_tracker(tracking_uri(cfg.tracking.uri), cfg.experiment_name, cfg)
     result = run_stage(cfg, tracker, resumption.choices, resumption.role, resume=resumption)
     print_summary([result], tracker)
-    return objective(result, cfg.optimize_metric)
+    return objective(result, run_metric(cfg))

@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from transferlab.errors import RunStopped
+from transferlab.objective import run_metric
 
 # Fits of each trial in this process: every fit (a cross-validation fold) reports on steps
 # of its own, so trials compare fold k, epoch e with fold k, epoch e.
@@ -40,7 +41,8 @@ def pruning_callbacks(cfg: DictConfig) -> list[pl.Callback]:
         return []
     fit = _fits[job.study_name, job.trial_number]
     _fits[job.study_name, job.trial_number] += 1
-    return [OptunaPruning(trial, cfg.optimize_metric, first_step=fit * cfg.trainer.max_epochs)]
+    metric = run_metric(cfg)
+    return [OptunaPruning(trial, metric, first_step=fit * cfg.trainer.max_epochs)]
 
 
 class OptunaPruning(pl.Callback):

@@ -113,13 +113,16 @@ def print_summary(results: list[StageResult], tracker: Tracker) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="transferlab results (target test set)")
-    for column in ("role", "run", "test/acc", "test/loss"):
+    table = Table(title="transferlab results (test sets)")
+    columns = ["test/acc", "test/loss"]
+    if any("target/test/acc" in r.metrics for r in results):  # an unlabelled target domain's
+        columns.append("target/test/acc")
+    for column in ("role", "run", *columns):
         table.add_column(column)
     table.add_column("run id", no_wrap=True)
     for r in results:
-        acc, loss = r.metrics.get("test/acc", np.nan), r.metrics.get("test/loss", np.nan)
-        table.add_row(r.role, r.run_name, f"{acc:.4f}", f"{loss:.4f}", r.run_id)
+        values = (f"{r.metrics.get(column, np.nan):.4f}" for column in columns)
+        table.add_row(r.role, r.run_name, *values, r.run_id)
     console = Console()
     console.print(table)
     main = results[0]

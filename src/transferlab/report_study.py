@@ -17,6 +17,7 @@ from transferlab.objective import (
     lower_is_better,
     objective_value,
     overrides_as_params,
+    selected_metric,
 )
 
 if TYPE_CHECKING:
@@ -29,7 +30,8 @@ FAILED_JOB_ROLE = "failed-job"  # see tracking.run_info.record_failed_job
 # Neither are the keys that cannot change a result (objective.changes_result).
 DERIVED_PARAMS = ("role",)
 DEFAULT_METRIC = "val/acc"
-FINAL_METRICS = ("test/acc", "test/loss", "scratch/test/acc")
+FINAL_METRICS = ("test/acc", "test/loss", "scratch/test/acc", "target/test/acc")
+FINAL_METRICS += ("adapt/a_distance_before", "adapt/a_distance_after")  # with a target domain
 # what a method trains and stores: shown where the runs differ in it (a PEFT study)
 COST_METRICS = ("model/params_trainable_pct", "model/adapter_size_mb")
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -128,10 +130,17 @@ def build_study(title: str, runs: list[Run], metric: str | None = None) -> Study
 
 
 def _optimize_metric(runs: list[Run]) -> str:
-    names = {r.data.params.get("optimize_metric", DEFAULT_METRIC) for r in runs}
+    """What the runs returned to their sweep: `optimize_metric` as their selection read it."""
+    names = {_selected(r.data.params) for r in runs}
     if len(names) > 1:
         raise UserError(f"the runs optimize {one_of(sorted(names))}; pick one with --metric")
     return names.pop()
+
+
+def _selected(params: dict[str, str]) -> str:
+    adapted = params.get("target_domain._target_", "None") != "None"
+    selection = params.get("adapt.selection", "source_val") if adapted else None
+    return selected_metric(params.get("optimize_metric", DEFAULT_METRIC), selection)
 
 
 def _row(run: Run, metric: str) -> RunRow:

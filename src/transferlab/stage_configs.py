@@ -20,10 +20,14 @@ from transferlab.objective import changes_result
 LINEAR_HEAD = {"_target_": "transferlab.models.heads.LinearHead", "dropout": 0.0}
 FULL_FINE_TUNE = {"_target_": "transferlab.finetune.freezing.FullFineTune"}
 NO_REGULARIZER = {"_target_": None}
+NO_ADAPTATION = {"_target_": None, "selection": "source_val"}
+NO_TARGET_DOMAIN = {"_target_": None}
 DERIVED_NODES = {
     "head": ("linear", LINEAR_HEAD),
     "freeze": ("none", FULL_FINE_TUNE),
     "regularizer": ("none", NO_REGULARIZER),
+    "adapt": ("none", NO_ADAPTATION),
+    "target_domain": ("none", NO_TARGET_DOMAIN),
 }
 
 
@@ -55,9 +59,11 @@ def stage_config(cfg: DictConfig, role: str, weights_path: str | None = None) ->
 
 def source_config(cfg: DictConfig) -> DictConfig:
     """The run's config with the source task merged in. The source network trains whole,
-    with a linear head, whatever the target's freeze strategy, head or regulariser."""
+    with a linear head, whatever the target's freeze strategy, head or regulariser, and
+    adapts to no domain: a run's target domain is its own stage's."""
     source = _single_stage(cfg)
     source.head = LINEAR_HEAD
+    source.adapt, source.target_domain = NO_ADAPTATION, NO_TARGET_DOMAIN
     _train_everything(source)
     return resolved(OmegaConf.merge(source, cfg.source))
 

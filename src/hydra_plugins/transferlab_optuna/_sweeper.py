@@ -45,6 +45,7 @@ from transferlab.compat import (
     runs_in_this_process,
 )
 from transferlab.errors import UserError
+from transferlab.objective import run_metric
 from transferlab.scrub import scrubbed
 from transferlab.tracking.redaction import recorded_value, redacted_overrides
 from transferlab.tracking.sweep import PARENT_RUN_ENV
@@ -61,7 +62,7 @@ class OptunaSweep:
         hydra_context: HydraContext,
         launcher: Launcher,
     ) -> None:
-        self.settings = with_direction(Settings.parse(settings), config.optimize_metric)
+        self.settings = with_direction(Settings.parse(settings), run_metric(config))
         self.config = config
         self.parser = overrides_parser(hydra_context.config_loader)
         self.launcher = launcher

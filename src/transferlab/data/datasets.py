@@ -63,11 +63,18 @@ class Digits:
         from sklearn.datasets import load_digits
 
         digits = load_digits()
-        images = torch.tensor(digits.images / 16.0, dtype=torch.float32).unsqueeze(1)
-        labels = torch.tensor(digits.target, dtype=torch.long)
-        tensors = TensorDataset(preprocessing.tensor_transform(images), labels)
         names = [str(n) for n in digits.target_names]
-        return DatasetParts({"train": LabelledImages(tensors, digits.target)}, names)
+        return sixteen_level_parts(digits.images, digits.target, names, preprocessing)
+
+
+def sixteen_level_parts(
+    images: np.ndarray, labels: np.ndarray, class_names: list[str], preprocessing: Preprocessing
+) -> DatasetParts:
+    """One train part of 8x8 images in sklearn's digits format (values 0..16: on pixels per
+    4x4 block of a 32x32 bitmap), scaled to [0, 1] as one grey channel."""
+    grey = torch.tensor(images / 16.0, dtype=torch.float32).unsqueeze(1)
+    tensors = TensorDataset(preprocessing.tensor_transform(grey), torch.as_tensor(labels).long())
+    return DatasetParts({"train": LabelledImages(tensors, np.asarray(labels))}, class_names)
 
 
 class Synthetic:

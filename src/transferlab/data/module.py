@@ -23,7 +23,8 @@ from transferlab.data.datasets import LabelledImages
 from transferlab.data.feature_cache import json_digest
 from transferlab.data.splits import Fold, TaskSpec, TaskSplits, carve_task
 from transferlab.data.transforms import Preprocessing
-from transferlab.errors import instantiate
+from transferlab.errors import UserError, instantiate
+from transferlab.objective import adaptation_node, selection_of
 
 
 class TransferDataModule(pl.LightningDataModule):
@@ -38,6 +39,13 @@ class TransferDataModule(pl.LightningDataModule):
     Under DDP each process takes its own share of every split (see `ShuffledBatches` and
     `evaluation_batches`); Lightning's DistributedSampler is off (see pipeline.build_trainer).
 
+    `target_domain` (a dataset config, or None): unlabelled images of another domain with the
+    same classes, carved by its own `task`. Its labels reach the model only where honest:
+    with `adapting`, each training batch is a dict of a `source` batch (images, labels) and
+    a `target` batch of images alone, as many images, in an order of its own; its
+    validation split is served as images alone unless `target_labels` (the oracle); its
+    test split, labelled, is the second test loader (target/test/*).
+
     After `setup`, `identity` says which data was loaded, as plain JSON data: the dataset's
     own `identity()` (a user's class without one: its resolved config, so a relative path
     in it names no particular folder), `dataset.task` and the fold; `dataset_digest` is a
@@ -51,6 +59,9 @@ class TransferDataModule(pl.LightningDataModule):
         fold: Fold | None = None,
         pin_memory: bool | None = None,
         seed: int = 0,
+        target_domain: DictConfig | None = None,
+        adapting: bool = False,
+        target_labels: bool = False,
     ):
         super().__init__()
         config = OmegaConf.to_container(dataset, resolve=True)
@@ -66,16 +77,52 @@ class TransferDataModule(pl.LightningDataModule):
         self.resume_at: dict[str, int] = {"epoch": 0, "batches_done": 0}
         self.splits: TaskSplits | None = None
         self.identity: dict[str, Any] | None = None
+        self.target_config = _dataset_config(target_domain)
+        self.adapting, self.target_labels = adapting, target_labels
+        self.target: TaskSplits | None = None
+
+    @classmethod
+    def for_run(
+        cls, cfg: DictConfig, preprocessing: Preprocessing, fold: Fold | None = None
+    ) -> TransferDataModule:
+        """A run's data (and target domain, where it has one) as its model sees them."""
+        return cls(
+            cfg.dataset,
+            preprocessing,
+            cfg.loader,
+            fold,
+            seed=cfg.seed,
+            target_domain=cfg.get("target_domain"),
+            adapting=adaptation_node(cfg).get("_target_") is not None,
+            target_labels=selection_of(cfg) == "oracle",
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:  # the model needs the class count before fit calls setup
             source = instantiate(self.source_config)
             self.splits = carve_task(source.load(self.preprocessing), self.task, self.fold)
             self.identity = {
-                "source": source.identity() if hasattr(source, "identity") else self.source_config,
+                "source": _identity(source, self.source_config),
                 "task": asdict(self.task),
                 "fold": [self.fold.index, self.fold.count] if self.fold else None,
             }
+            if self.target_config is not None:
+                self._setup_target()
+
+    def _setup_target(self) -> None:
+        """The target domain, carved by its own task; its classes must be the source's."""
+        config = dict(self.target_config)
+        task = TaskSpec(**config.pop("task", {}))
+        target = instantiate(config)
+        self.target = carve_task(target.load(self.preprocessing), task)
+        if self.target.class_names != self.splits.class_names:
+            raise UserError(
+                f"the target domain's classes {self.target.class_names} are not the dataset's "
+                f"{self.splits.class_names}: adaptation transfers a classifier between "
+                "domains of one task; pick the same classes (dataset.task.classes, "
+                "target_domain.task.classes)"
+            )
+        self.identity["target"] = {"source": _identity(target, config), "task": asdict(task)}
 
     @property
     def dataset_digest(self) -> str:
@@ -106,21 +153,40 @@ class TransferDataModule(pl.LightningDataModule):
         """Shuffled; with `epoch_samples`, a small train set is cycled through (fresh
         permutations) so an epoch holds several steps, as few-shot training needs."""
         train = self.splits.train.dataset
+        source = self._training_loader(train, self.epoch_samples, ())
+        if not self.adapting:
+            return source
+        images = images_only(self.target.train.dataset)
+        target = self._training_loader(images, self.epoch_samples or len(train), ("target",))
+        return {"source": source, "target": target}  # Lightning pairs them: one of each a step
+
+    def _training_loader(self, dataset, samples: int | None, stream: tuple[str, ...]) -> DataLoader:
         batches = ShuffledBatches(
-            len(train), self.batch_size, self.seed, self.epoch_samples, *self._replicas()
+            len(dataset), self.batch_size, self.seed, samples, *self._replicas(), stream=stream
         )
         batches.set_epoch(self.resume_at["epoch"])
         batches.skip_once(self.resume_at["batches_done"])
-        return self._loader(train, batches)
+        return self._loader(dataset, batches)
 
-    def val_dataloader(self) -> DataLoader:
-        dataset = self.splits.val.dataset
-        return self._loader(
-            dataset, evaluation_batches(len(dataset), self.batch_size, *self._replicas())
-        )
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """With a target domain, a second loader: its validation images (with their labels
+        for the oracle only), for selection without target labels (see TransferModule)."""
+        source = self._evaluation_loader(self.splits.val.dataset)
+        if self.target is None:
+            return source
+        target = self.target.val.dataset
+        return [
+            source,
+            self._evaluation_loader(target if self.target_labels else images_only(target)),
+        ]
 
-    def test_dataloader(self) -> DataLoader:
-        dataset = self.splits.test.dataset
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        source = self._evaluation_loader(self.splits.test.dataset)
+        if self.target is None:
+            return source
+        return [source, self._evaluation_loader(self.target.test.dataset)]
+
+    def _evaluation_loader(self, dataset) -> DataLoader:
         return self._loader(
             dataset, evaluation_batches(len(dataset), self.batch_size, *self._replicas())
         )
@@ -173,6 +239,38 @@ class TransferDataModule(pl.LightningDataModule):
         return trainer is not None and trainer.strategy.root_device.type == "cuda"
 
 
+def images_only(dataset: Dataset) -> Dataset:
+    """The images of a labelled dataset, without their labels: what a model adapting to an
+    unlabelled domain may see of it."""
+    if isinstance(dataset, TensorDataset):
+        return TensorDataset(dataset.tensors[0])
+    return ImagesOnly(dataset)
+
+
+class ImagesOnly(Dataset):
+    """An image-file dataset's (image, label) pairs, served as the image alone."""
+
+    def __init__(self, labelled: Dataset):
+        self.labelled = labelled
+
+    def __len__(self) -> int:
+        return len(self.labelled)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor]:
+        return (self.labelled[index][0],)
+
+
+def _dataset_config(node: DictConfig | None) -> dict[str, Any] | None:
+    """A dataset node as plain data, or None where there is none (`_target_: null`)."""
+    if node is None or node.get("_target_") is None:
+        return None
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def _identity(dataset: Any, config: dict[str, Any]) -> Any:
+    return dataset.identity() if hasattr(dataset, "identity") else config
+
+
 def worker_count(configured: int | str) -> int:
     """`auto`: a worker per thread torch may use here (its share under a parallel sweep), at
     most 8. Images read from files decode 1.4x faster with 2 workers than in the main
@@ -202,7 +300,10 @@ class ShuffledBatches(Sampler[list[int]]):
     Under DDP (`num_replicas` processes) process `rank` takes every `num_replicas`-th batch
     of that order: a step trains on consecutive batches of it, `num_replicas` times the
     batch size. Every process must take as many steps (each one syncs them), so the last
-    batches that would leave some processes one short are dropped."""
+    batches that would leave some processes one short are dropped.
+
+    `stream` names an order of its own for the same seed (the target domain's batches),
+    which leaves the orders that name none as they were."""
 
     def __init__(
         self,
@@ -212,8 +313,10 @@ class ShuffledBatches(Sampler[list[int]]):
         num_samples: int | None = None,
         num_replicas: int = 1,
         rank: int = 0,
+        stream: tuple[str, ...] = (),
     ):
         self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.stream = [int.from_bytes(name.encode(), "little") for name in stream]
         self.num_samples = num_samples or size
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch, self.skip = 0, 0
@@ -230,7 +333,8 @@ class ShuffledBatches(Sampler[list[int]]):
         return (full + (rest > 1)) // self.num_replicas
 
     def __iter__(self) -> Iterator[list[int]]:
-        seed = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]
+        entropy = [self.seed, self.epoch, *self.stream]
+        seed = np.random.SeedSequence(entropy).generate_state(1)[0]
         generator = torch.Generator().manual_seed(int(seed))
         passes = math.ceil(self.num_samples / self.size)
         order = torch.cat([torch.randperm(self.size, generator=generator) for _ in range(passes)])

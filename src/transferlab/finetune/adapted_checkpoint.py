@@ -22,18 +22,27 @@ if TYPE_CHECKING:
 BASE_KEY = "transferlab_base_weights"
 
 
-def trained_names(backbone: Backbone, freeze: FreezeStrategy, head: nn.Module) -> set[str]:
-    """The state-dict keys of what trains: the head's and the strategy's parameters."""
+def trained_names(
+    backbone: Backbone, freeze: FreezeStrategy, new: dict[str, nn.Module | None]
+) -> set[str]:
+    """The state-dict keys of what trains: the strategy's parameters in the backbone, and
+    every key of the `new` modules by their attribute names (the head, a domain
+    discriminator)."""
     network = backbone.network
     trained = {id(p) for p in freeze.always_trained(network)}
     adapter = {f"backbone.network.{n}" for n, p in network.named_parameters() if id(p) in trained}
-    return adapter | {f"head.{key}" for key in head.state_dict()}
+    present = {name: module for name, module in new.items() if module is not None}
+    added = {f"{name}.{key}" for name, module in present.items() for key in module.state_dict()}
+    return adapter | added
 
 
 def keep_trained_only(
-    checkpoint: dict[str, Any], backbone: Backbone, freeze: FreezeStrategy, head: nn.Module
+    checkpoint: dict[str, Any],
+    backbone: Backbone,
+    freeze: FreezeStrategy,
+    new: dict[str, nn.Module | None],
 ) -> None:
-    keep = trained_names(backbone, freeze, head)
+    keep = trained_names(backbone, freeze, new)
     checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
     checkpoint[BASE_KEY] = {
         "sha256": backbone.base_sha256,

@@ -62,18 +62,26 @@ def stage_lr(lr: float, options: GroupOptions, num_stages: int, stage: int) -> f
 
 
 def param_groups(
-    lr: float, options: GroupOptions, backbone: Backbone, head: nn.Module
+    lr: float,
+    options: GroupOptions,
+    backbone: Backbone,
+    head: nn.Module,
+    adaptation: nn.Module | None = None,
 ) -> list[dict]:
-    """One group per backbone stage and one for the head, each split into the parameters
-    that get weight decay and those that do not (biases and norm weights, unless
-    `decay_bias_and_norm`): pulling a norm's scale or a bias toward 0 only hurts."""
+    """One group per backbone stage and one for the head (and one for an adaptation
+    method's own parameters, a domain discriminator: at lr, like the head), each split into
+    the parameters that get weight decay and those that do not (biases and norm weights,
+    unless `decay_bias_and_norm`): pulling a norm's scale or a bias toward 0 only hurts."""
     count = backbone.num_stages
     stages = [
         (f"stage{i}", i, backbone.stage_parameters(i), stage_lr(lr, options, count, i))
         for i in range(count)
     ]
+    new = [("head", None, list(head.parameters()), lr)]
+    if adaptation is not None:
+        new.append(("adapt", None, list(adaptation.parameters()), lr))
     groups = []
-    for name, stage, params, rate in [*stages, ("head", None, list(head.parameters()), lr)]:
+    for name, stage, params, rate in [*stages, *new]:
         decayed, undecayed = _split_by_decay(params, options.decay_bias_and_norm)
         groups.append({"params": decayed, "lr": rate, "name": name, "stage": stage})
         groups.append(
@@ -96,9 +104,11 @@ def optimizer_arguments(cfg: DictConfig) -> tuple[dict[str, Any], GroupOptions]:
     return arguments, GroupOptions(**arguments.pop("param_groups", None) or {})
 
 
-def build_optimizer(cfg: DictConfig, backbone: Backbone, head: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(
+    cfg: DictConfig, backbone: Backbone, head: nn.Module, adaptation: nn.Module | None = None
+) -> torch.optim.Optimizer:
     arguments, options = optimizer_arguments(cfg)
-    groups = param_groups(arguments["lr"], options, backbone, head)
+    groups = param_groups(arguments["lr"], options, backbone, head, adaptation)
     # partial first: Hydra would otherwise turn the param-group dicts into configs
     return instantiate(arguments, _partial_=True)(groups)
 

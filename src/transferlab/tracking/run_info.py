@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.components import target_name
-from transferlab.objective import GROUPS
+from transferlab.objective import GROUPS, selection_of
 from transferlab.scrub import scrubbed
 from transferlab.tracking.environment import device_name, environment_tags
 from transferlab.tracking.mlflow_run import MAX_PARAM_VALUE, TrackedRun, Tracker
@@ -44,10 +44,14 @@ def record_failed_job(cfg: DictConfig, error: Exception) -> None:
 
 
 def run_tags(cfg: DictConfig, role: str) -> dict[str, str]:
+    """With a target domain, how the run chose its checkpoint: `oracle` (target labels)
+    marks an upper bound, never a result to report as adaptation's."""
+    selection = selection_of(cfg)
     return {
         "transferlab.role": role,
         **environment_tags(device_name(cfg.trainer.accelerator)),
         "command": redacted_command(sys.argv),  # in place of environment_tags' own, unredacted
+        **({"transferlab.selection": selection} if selection else {}),
     }
 
 
@@ -67,7 +71,11 @@ def run_name(cfg: DictConfig, choices: dict[str, str], role: str) -> str:
         return f"{backbone}-{role}"
     freeze = choices.get("freeze") or target_name(cfg.freeze)
     optimizer = choices.get("optimizer", cfg.optimizer._target_.rsplit(".", 1)[-1].lower())
-    return f"{backbone}-{freeze}-{optimizer}"
+    name = f"{backbone}-{freeze}-{optimizer}"
+    if selection_of(cfg) is None:
+        return name
+    adapt = choices.get("adapt") or target_name(cfg.adapt) or "none"
+    return f"{name}-{'source_only' if adapt == 'none' else adapt}-{selection_of(cfg)}"
 
 
 def log_config(
