@@ -2,10 +2,14 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-PORT ?= 5000
 TRACKING_URI ?= $(or $(MLFLOW_TRACKING_URI),sqlite:///mlflow.db)
+# `make server`'s PostgreSQL and artifacts; BACKEND_URI (a team's PostgreSQL) and STORAGE
+# (`make dashboard`) reach the commands through the environment, so that their passwords
+# are neither echoed by make nor shown by `ps`.
+STORE_DIR ?= .mlflow-server
+export BACKEND_URI STORAGE
 
-.PHONY: install train rank-study test test-fast lint format ui bench clean
+.PHONY: install train rank-study test test-fast lint format ui server dashboard bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -34,7 +38,13 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 ui: $(STAMP)  ## the MLflow UI on 127.0.0.1 over the store `make train` writes
-	$(VENV)/bin/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(PORT)
+	$(VENV)/bin/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(or $(PORT),5000)
+
+server: $(STAMP)  ## a team's store: mlflow server on 127.0.0.1 over PostgreSQL (BACKEND_URI: a team's)
+	$(PY) -m transferlab.server server --port $(or $(PORT),5000) --store-dir $(STORE_DIR)
+
+dashboard: $(STAMP)  ## optuna-dashboard on 127.0.0.1 over STORAGE (an Optuna storage URL)
+	$(PY) -m transferlab.server dashboard --port $(or $(PORT),8080)
 
 rank-study: $(STAMP)  ## trains 5 source networks, ranks them for digits 5-9, checks by fine-tuning
 	$(PY) -m experiments.rank_digits_sources

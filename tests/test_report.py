@@ -55,7 +55,7 @@ def test_a_sweep_report_holds_each_run_best_first_and_the_mean_over_seeds(
     assert not list(path.parent.glob("choices_*.png"))  # no group choice varies: no bars
     text = path.read_text()
     assert text.startswith(
-        f"# Report: sweep-sweep (run {sweep})\n\n8 runs: 4 finished, 4 failed, 0 pruned"
+        f"# Report: sweep sweep (run {sweep})\n\n8 runs: 4 finished, 4 failed, 0 pruned"
     )
 
     rows = tables(text)[RUNS]
@@ -70,8 +70,14 @@ def test_a_sweep_report_holds_each_run_best_first_and_the_mean_over_seeds(
         "test/loss",
     ]
     assert [r["status"] for r in rows] == ["FINISHED"] * 4 + ["FAILED"] * 4
-    early = [row for row in rows if row["run"] == "failed-job"]
+    early = [row for row in rows if row["run"].startswith("failed-job")]
     assert sorted((r["optimizer.lr"], r["seed"]) for r in early) == [(INVALID, s) for s in SEEDS]
+    # each run is named by what the sweep varies: lr in 3 significant digits
+    named = {"0.003": "0.003", "0.03": "0.03", DIVERGES: "1e+30"}
+    assert sorted(r["run"] for r in rows) == sorted(
+        [f"failed-job lr={INVALID} seed={s}" for s in SEEDS]
+        + [f"small_cnn-linear_probe-adamw lr={named[lr]} seed={s}" for lr in named for s in SEEDS]
+    )
     for row in rows:
         if row in early:
             assert row["val/acc (objective)"] == row["test/acc"] == row["test/loss"] == ""
@@ -102,6 +108,13 @@ def test_a_sweep_report_holds_each_run_best_first_and_the_mean_over_seeds(
             values = np.array([m[key] for m in seeds])
             assert row[column] == f"{values.mean():.4f} ± {values.std(ddof=1):.4f}"
     first, second = (float(r["val/acc (objective)"].split(" ± ")[0]) for r in means)
+    summary = client.get_run(sweep).data.metrics  # the same table on the sweep's parent run
+    for row in means:
+        for column, metric in [("val/acc (objective)", "val/acc"), ("test/loss", "test/loss")]:
+            mean, std = (float(x) for x in row[column].split(" ± "))
+            setting = f"lr:{row['optimizer.lr']}"
+            assert summary[f"{metric} mean {setting}"] == pytest.approx(mean, abs=5e-5)
+            assert summary[f"{metric} std {setting}"] == pytest.approx(std, abs=5e-5)
     assert first >= second
 
     logged = {a.path for a in client.list_artifacts(sweep, "report")}

@@ -39,9 +39,11 @@ class ReplicaTracker(Tracker):
         return UnrecordedRun(name, run_id)
 
 
-def open_tracker(uri: str, experiment_name: str, experiment: DictConfig) -> Tracker:
+def open_tracker(
+    uri: str, experiment_name: str, experiment: DictConfig, system_metrics: bool = False
+) -> Tracker:
     kind = Tracker if is_global_zero() else ReplicaTracker
-    return kind(uri, experiment_name, experiment=experiment)
+    return kind(uri, experiment_name, experiment=experiment, system_metrics=system_metrics)
 
 
 def share_cpus_between_workers() -> None:

@@ -27,6 +27,7 @@ from transferlab.config_targets import (
 from transferlab.config_values import check_plain_values
 from transferlab.errors import UserError
 from transferlab.objective import selection_of
+from transferlab.scrub import scrubbed, without_url_credentials
 from transferlab.stage_configs import derived_stages
 
 
@@ -113,15 +114,17 @@ def _open_store(configured: str | None) -> None:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from transferlab.tracking.store import tracking_uri
+    from transferlab.tracking.store import check_reachable, tracking_uri
 
     uri = tracking_uri(configured)
+    check_reachable(uri)  # a server or database that does not answer: one line, at once
     try:
         MlflowClient(tracking_uri=uri)
     except (MlflowException, OSError, ImportError) as error:
         key = "tracking.uri" if configured else "$MLFLOW_TRACKING_URI"
         reason = str(error).strip().partition("\n")[0]
-        raise UserError(f"{key}={uri!r} cannot be used: {reason}") from None
+        shown = without_url_credentials(uri)
+        raise UserError(f"{key}={shown!r} cannot be used: {scrubbed(reason)}") from None
 
 
 def check_folds_fit_data(cfg: DictConfig) -> None:

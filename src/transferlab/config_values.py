@@ -14,6 +14,8 @@ from transferlab.components import fraction, is_number, number, whole_number
 from transferlab.config_keys import check_keys, no_missing_values, resolvable
 from transferlab.errors import UserError, one_of
 from transferlab.objective import SELECTIONS, TARGET_LABELLED, adaptation_node, selection_of
+from transferlab.tracking.logged_model import check_register
+from transferlab.tracking.system_metrics import check_system_metrics
 
 FIT_METRICS = ("val/acc", "val/loss", "train/acc", "train/loss", "train/reg")
 
@@ -102,6 +104,8 @@ def _check_numbers(cfg: DictConfig) -> None:
 def _check_switches(cfg: DictConfig) -> None:
     """Booleans and the run's resumption."""
     _boolean(cfg, "compare_scratch")
+    check_system_metrics(cfg.tracking.system_metrics)
+    check_register(cfg)
     for key in ("trainer.gpu.channels_last", "trainer.gpu.compile"):  # not Lightning's
         _boolean(cfg, key, optional=True)
     if cfg.resume is not None and not isinstance(cfg.resume, (str, int)):

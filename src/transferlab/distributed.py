@@ -68,6 +68,9 @@ class UnrecordedRun:
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         pass
 
+    def log_datasets(self, data: Any) -> None:
+        pass
+
 
 # --- multirun: the processes a job starts run that job alone, and end with it -----------
 

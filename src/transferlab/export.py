@@ -214,16 +214,24 @@ def _adaptation(cfg: DictConfig, run: Run, checkpoint: dict[str, Any]) -> dict[s
     """A parameter-efficient run's method (its freeze choice, as typed), the base weights
     it sits on, and whether LoRA was merged into them (rebuild merges every LoRA layer)."""
     from transferlab.components import build, target_name
-    from transferlab.finetune.peft import LoRA
 
     base = checkpoint.get(BASE_KEY)
     if base is None:
         return None
+    method = run.data.params.get("freeze") or target_name(cfg.freeze)
+    return adaptation_record(method, base, build(cfg.freeze, "freeze"))
+
+
+def adaptation_record(method: str, base: dict[str, Any], freeze: Any) -> dict[str, Any]:
+    """`preprocessing.json`'s adaptation: the method, its base weights (`sha256`, `source`)
+    and whether LoRA was merged into them (every LoRA layer is, before export)."""
+    from transferlab.finetune.peft import LoRA
+
     return {
-        "method": run.data.params.get("freeze") or target_name(cfg.freeze),
+        "method": method,
         "base_sha256": base["sha256"],
         "base_source": base["source"],
-        "lora_merged": isinstance(build(cfg.freeze, "freeze"), LoRA),
+        "lora_merged": isinstance(freeze, LoRA),
     }
 
 

@@ -26,6 +26,7 @@ GROUPS = (
 NOT_RESULT_KEYS = (
     "output_dir",
     "tracking",
+    "register",
     "experiment_name",
     "optimize_metric",
     "compare_scratch",

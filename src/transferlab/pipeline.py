@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,11 +67,13 @@ from transferlab.stage_configs import (
 )
 from transferlab.tracking.digests import digest_tag
 from transferlab.tracking.lightning_logger import TrackedRunLogger
+from transferlab.tracking.logged_model import register_run_model
 from transferlab.tracking.mlflow_run import TrackedRun, Tracker
 from transferlab.tracking.recorded import CHECKPOINT_TAG, STAGE_CONFIG
 from transferlab.tracking.redaction import recorded_experiment
 from transferlab.tracking.run_info import group_choices, log_config, run_name, run_tags, sweep_tags
 from transferlab.tracking.store import tracking_uri
+from transferlab.tracking.system_metrics import system_metrics_wanted
 from transferlab.trusted_configs import trusted_config
 
 if TYPE_CHECKING:
@@ -86,49 +89,77 @@ def run_experiment(cfg: DictConfig) -> float:
 
 
 def run_stages(composed: DictConfig, choices: dict[str, str], tags: dict[str, str]) -> StageResult:
-    """[source stage] -> [scratch baseline] -> main stage (or its folds); returns the main.
-    `composed` is the run's config with its interpolations unresolved: each derived stage
-    merges its own keys first and resolves after (see transferlab.stage_configs)."""
+    """The job's run (the main stage's, or its k-fold parent) opens first, and the stages
+    run under it: [source stage] -> [scratch baseline] -> main stage (or its folds). So the
+    top level of a study holds its jobs only, and a job that stops anywhere leaves each of
+    its runs nested and ended. Returns the main stage. `composed` is the run's config with
+    its interpolations unresolved: each derived stage merges its own keys first and
+    resolves after (see transferlab.stage_configs)."""
     cfg = resolved(composed)
     check_accelerator(cfg.trainer.accelerator)
     check_folds_fit_data(cfg)  # before any MLflow run exists
     check_domains_match(cfg)
     share_cpus_between_workers()
     experiment = recorded_experiment(composed)  # what its runs record: no secret, no $ENV value
-    tracker = open_tracker(tracking_uri(cfg.tracking.uri), cfg.experiment_name, experiment)
-    target_cfg, tags = cfg, dict(tags)
-    if cfg.source:
-        weights, source_run_id = pretrain_source(composed, tracker, choices)
-        target_cfg = with_source_weights(cfg, weights)
-        tags["transferlab.source_run_id"] = source_run_id
+    tracker = open_tracker(
+        tracking_uri(cfg.tracking.uri), cfg.experiment_name, experiment, system_metrics(cfg)
+    )
     role = "transfer" if cfg.source else "finetune"
-    if cfg.cv.folds:
-        main = run_cross_validation(target_cfg, tracker, choices, role, tags)
-        print_summary([main], tracker)
-        return main
-    results = []
-    if cfg.compare_scratch:
-        scratch = scratch_config(composed)
-        results.append(run_stage(scratch, tracker, derived_choices(choices, scratch), "scratch"))
-        tags["transferlab.baseline_run_id"] = results[0].run_id
-    main = run_stage(target_cfg, tracker, choices, role, tags, baseline=next(iter(results), None))
-    results.insert(0, main)
+    kind = f"{role}-cv" if cfg.cv.folds else role
+    name = run_name(cfg, choices, role, f"-cv{cfg.cv.folds}" if cfg.cv.folds else "")
+    stage_dir = Path(cfg.output_dir) / role
+    target_cfg, tags = cfg, dict(tags)
+    with tracker.start_run(name, {**run_tags(cfg, kind), **tags}, local_dir=stage_dir) as job:
+        if cfg.source:
+            under_job = {"mlflow.parentRunId": job.run_id}
+            weights, source_run_id = pretrain_source(composed, tracker, choices, under_job)
+            target_cfg = with_source_weights(cfg, weights)
+            tags["transferlab.source_run_id"] = source_run_id  # on the job's run and its folds
+            job.set_tags({"transferlab.source_run_id": source_run_id})
+        if is_global_zero():  # before the baseline: a job whose baseline fails shows its params
+            log_config(job, tracker, target_cfg, choices, role, stage_dir)
+        if cfg.cv.folds:
+            results = [run_cross_validation(target_cfg, tracker, job, choices, role, tags)]
+        else:
+            baseline = run_scratch(composed, tracker, choices, job) if cfg.compare_scratch else None
+            main = run_stage(target_cfg, tracker, choices, role, baseline=baseline, run=job)
+            results = [main, baseline] if baseline else [main]
+    if cfg.register.name and is_global_zero():  # the job's model, once its run has ended
+        register_run_model(tracker.client, job.run_id, cfg.register.name, cfg.register.alias)
     print_summary(results, tracker)
-    return main
+    return results[0]
 
 
-def pretrain_source(cfg: DictConfig, tracker: Tracker, choices: dict[str, str]) -> tuple[str, str]:
-    """Trains the backbone on the source task, or reuses the run that already did. `cfg`
-    is the run's config as composed (see run_stages). Returns the source weights as the
-    MLflow URI the transfer stage loads and records (`runs:/<id>/backbone.pt`: the same
-    wherever and however often it is rerun), and the source run's id."""
+def run_scratch(
+    composed: DictConfig, tracker: Tracker, choices: dict[str, str], job: TrackedRun
+) -> StageResult:
+    """The scratch baseline: a child of the job's run, named after it."""
+    scratch = scratch_config(composed)
+    tags = {"mlflow.parentRunId": job.run_id}
+    name = f"scratch for {job.name}"
+    result = run_stage(
+        scratch, tracker, derived_choices(choices, scratch), "scratch", tags, name=name
+    )
+    job.set_tags({"transferlab.baseline_run_id": result.run_id})
+    return result
+
+
+def pretrain_source(
+    cfg: DictConfig, tracker: Tracker, choices: dict[str, str], tags: dict[str, str]
+) -> tuple[str, str]:
+    """Trains the backbone on the source task (a run tagged `tags`: under the job's run),
+    or reuses the run that already did, wherever it is nested. `cfg` is the run's config as
+    composed (see run_stages). Returns the source weights as the MLflow URI the transfer
+    stage loads and records (`runs:/<id>/backbone.pt`: the same wherever and however often
+    it is rerun), and the source run's id."""
     source_cfg = source_config(cfg)
     key = config_key(source_cfg)
     reusable = _recorded_with_key(tracker, key)
     run_id = tracker.find_finished_run(SOURCE_KEY_TAG, key, reusable)
     if run_id is None:
         source_choices = derived_choices(choices, source_cfg)
-        trained = run_stage(source_cfg, tracker, source_choices, "source", {SOURCE_KEY_TAG: key})
+        source_tags = {**tags, SOURCE_KEY_TAG: key}
+        trained = run_stage(source_cfg, tracker, source_choices, "source", source_tags)
         barrier()  # under DDP, rank 0 has recorded the source run once every process is here
         if is_global_zero():
             run_id = trained.run_id
@@ -164,24 +195,25 @@ def _recorded_with_key(tracker: Tracker, key: str) -> Callable[[Run], bool]:
 
 
 def run_cross_validation(
-    cfg: DictConfig, tracker: Tracker, choices: dict[str, str], role: str, tags: dict[str, str]
+    cfg: DictConfig,
+    tracker: Tracker,
+    parent: TrackedRun,
+    choices: dict[str, str],
+    role: str,
+    tags: dict[str, str],
 ) -> StageResult:
-    """A parent run holding the mean (under the metric's own name) and the standard
-    deviation (`<metric>_std`) of every final metric over the folds; a child run per fold."""
+    """A child run per fold under `parent`, the job's run (opened and ended by run_stages),
+    which gets the mean (under the metric's own name) and the standard deviation
+    (`<metric>_std`) of every final metric over the folds."""
     folds = cfg.cv.folds
-    name = f"{run_name(cfg, choices, role)}-cv{folds}"
-    cv_tags = {**run_tags(cfg, f"{role}-cv"), **tags}
-    with tracker.start_run(name, cv_tags, local_dir=Path(cfg.output_dir) / role) as parent:
-        if is_global_zero():
-            log_config(parent, tracker, cfg, choices, role, Path(cfg.output_dir) / role)
-        child_tags = {**tags, "mlflow.parentRunId": parent.run_id}
-        results = [
-            run_stage(cfg, tracker, choices, role, child_tags, fold=Fold(i, folds))
-            for i in range(folds)
-        ]
-        summary = mean_and_std([r.metrics for r in results])
-        parent.log_metrics(summary)
-        return StageResult(f"{role}-cv", parent.run_id, name, summary)
+    child_tags = {**tags, "mlflow.parentRunId": parent.run_id}
+    results = [
+        run_stage(cfg, tracker, choices, role, child_tags, fold=Fold(i, folds))
+        for i in range(folds)
+    ]
+    summary = mean_and_std([r.metrics for r in results])
+    parent.log_metrics(summary)
+    return StageResult(f"{role}-cv", parent.run_id, parent.name, summary)
 
 
 def run_stage(
@@ -193,18 +225,27 @@ def run_stage(
     baseline: StageResult | None = None,
     fold: Fold | None = None,
     resume: Resumption | None = None,
+    name: str | None = None,
+    run: TrackedRun | None = None,
 ) -> StageResult:
     """One MLflow run: build, fit, test with the best checkpoint, record. Resuming, the
-    run is the interrupted one, whose params and config files are already recorded."""
-    name = run_name(cfg, choices, role) + (f"-fold{fold.index}" if fold else "")
-    all_tags = {**run_tags(cfg, role), **(tags or {})}
+    run is the interrupted one, whose params and config files are already recorded; so
+    are those of `run`, the job's run, which run_stages opened and ends. `name` replaces
+    the one the choices make (a scratch run names the run it is the baseline of)."""
     stage_dir = Path(cfg.output_dir) / role / (f"fold{fold.index}" if fold else "")
-    run_id = resume.run_id if resume else None
-    with tracker.start_run(name, all_tags, run_id=run_id, local_dir=stage_dir) as run:
-        if resume is None and is_global_zero():
+    recorded = resume is not None or run is not None
+    if run is None:
+        name = name or run_name(cfg, choices, role, f"-fold{fold.index}" if fold else "")
+        all_tags = {**run_tags(cfg, role), **(tags or {})}
+        run_id = resume.run_id if resume else None
+        opened = tracker.start_run(name, all_tags, run_id=run_id, local_dir=stage_dir)
+    else:
+        opened = nullcontext(run)
+    with opened as run:
+        if not recorded and is_global_zero():
             log_config(run, tracker, cfg, choices, role, stage_dir)
         backbone, data = build_backbone_and_data(cfg, fold)
-        run.set_tags({"transferlab.dataset_digest": data.dataset_digest})  # what it saw
+        run.log_datasets(data)  # what it saw: its splits as MLflow datasets, the digest tag
         precision = resolve_precision(cfg.trainer.get("precision"))
         if is_classical_head(cfg.head):
             features = split_features(cfg, backbone, data, precision)
@@ -216,7 +257,7 @@ def run_stage(
             comparison = compare_with(metrics, baseline)
             run.log_metrics(comparison)
             metrics.update(comparison)
-        return StageResult(role, run.run_id, name, metrics)
+        return StageResult(role, run.run_id, run.name, metrics)
 
 
 def fit_neural_head(
@@ -254,12 +295,18 @@ def fit_neural_head(
     summary = {f"{k}_best": v for k, v in best_scores(trainer).items()}
     run.log_metrics(summary)
     if is_global_zero():
-        record_artifacts(run, module, data, best, stage_dir, backbone, setting)
+        record_artifacts(run, module, data, best, stage_dir, backbone, setting, cfg, metrics)
         if domains_before is not None:
             after = test_features(module.backbone, data)
             shift = record_domain_shift(run, domains_before, after, stage_dir / "adapt", cfg.seed)
             summary.update(shift)
     return {**metrics, **summary}
+
+
+def system_metrics(cfg: DictConfig) -> bool:
+    """Whether runs log MLflow's system metrics (a config recorded before the switch: auto)."""
+    setting = cfg.tracking.get("system_metrics", "auto")
+    return system_metrics_wanted(setting, cfg.trainer.accelerator)
 
 
 def resume_stage(resumption: Resumption, output_dir: str) -> float:
@@ -272,7 +319,9 @@ def resume_stage(resumption: Resumption, output_dir: str) -> float:
     if not resumption.checkpoint.resolve().is_relative_to(Path(cfg.output_dir).resolve()):
         cfg.output_dir = output_dir
     check_accelerator(cfg.trainer.accelerator)
-    tracker = open_tracker(tracking_uri(cfg.tracking.uri), cfg.experiment_name, cfg)
+    tracker = open_tracker(
+        tracking_uri(cfg.tracking.uri), cfg.experiment_name, cfg, system_metrics(cfg)
+    )
     result = run_stage(cfg, tracker, resumption.choices, resumption.role, resume=resumption)
     print_summary([result], tracker)
     return objective(result, run_metric(cfg))

@@ -5,7 +5,8 @@ The argument is a sweep's parent run id (its child runs are reported), a ranking
 run id (transferlab-rank: its candidates best first per score) or an experiment name
 (its finetune / transfer runs). DIR gets report.md (every run, best first, then mean ± std
 over seeds) and PNG plots; a sweep's report is also logged to its parent run under report/,
-so it stays with the runs it describes.
+so it stays with the runs it describes, and its mean ± std over seeds as the parent's
+metrics (`test/acc mean tpc:2`), so that the parent's row in the MLflow UI shows them.
 
 mlflow and matplotlib are imported only to write a report: `--help` answers at once.
 """
@@ -13,14 +14,19 @@ mlflow and matplotlib are imported only to write a report: `--help` answers at o
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from transferlab.errors import UserError, exits_on_user_error
 from transferlab.report_markdown import render_markdown
 from transferlab.report_plots import write_plots
 from transferlab.report_ranking import ranking_run, write_ranking_report
-from transferlab.report_study import build_study, select_runs
+from transferlab.report_study import build_study, seed_summary, select_runs
 from transferlab.runtime import setup
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,10 +75,22 @@ def write_report(
     report = folder / "report.md"
     report.write_text(render_markdown(study))
     written = [report, *write_plots(client, study, folder)]
-    if parent_id is not None:
+    if parent_id is not None:  # a sweep: its parent shows the report, and its summary
         for path in written:
             client.log_artifact(parent_id, str(path), "report")
+        _log_summary(client, parent_id, seed_summary(study))
     return report
+
+
+def _log_summary(client: MlflowClient, run_id: str, summary: dict[str, float]) -> None:
+    from mlflow.entities import Metric
+
+    from transferlab.tracking.metric_writer import MetricWriter
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, value, now, 0) for key, value in summary.items()]
+    for start in range(0, len(metrics), MetricWriter.MAX_BATCH):
+        client.log_batch(run_id, metrics=metrics[start : start + MetricWriter.MAX_BATCH])
 
 
 def _check_store(uri: str) -> None:

@@ -35,6 +35,7 @@ FINAL_METRICS += ("adapt/a_distance_before", "adapt/a_distance_after")  # with a
 # what a method trains and stores: shown where the runs differ in it (a PEFT study)
 COST_METRICS = ("model/params_trainable_pct", "model/adapter_size_mb")
 RUN_ID = re.compile(r"[0-9a-f]{32}")
+MAX_SETTING = 200  # characters of a summary metric's setting: MLflow keys take 250
 
 
 @dataclass
@@ -224,3 +225,29 @@ def seed_groups(study: Study) -> list[tuple[tuple[str, ...], list[RunRow]]]:
 def _mean(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return statistics.mean(present) if present else None
+
+
+def seed_summary(study: Study) -> dict[str, float]:
+    """The mean ± std over seeds table as metrics of a sweep's parent run, so that its row
+    in the MLflow UI shows the study's result: `test/acc mean tpc:2` and `test/acc std
+    tpc:2` per setting (`test/acc mean` where only the seed varies; the objective under its
+    metric's name). Keys are in the characters MLflow takes (no `=`); a std needs 2 seeds."""
+    from transferlab.tracking.sweep import short_keys, short_value
+
+    if "seed" not in study.columns:
+        return {}
+    keys = [c for c in study.columns if c != "seed"]
+    short = short_keys(keys)
+    summary = {}
+    for values, rows in seed_groups(study):
+        shown = " ".join(f"{short[k]}:{short_value(v)}" for k, v in zip(keys, values, strict=True))
+        setting = re.sub(r"[^\w.\- :]", "_", shown)[:MAX_SETTING]
+        columns = {study.metric: [row.objective for row in rows]}
+        columns |= {m: [row.metrics.get(m) for row in rows] for m in metric_columns(study)}
+        for metric, found in columns.items():
+            present = [v for v in found if v is not None]
+            if present:
+                summary[f"{metric} mean {setting}".rstrip()] = statistics.mean(present)
+            if len(present) > 1:
+                summary[f"{metric} std {setting}".rstrip()] = statistics.stdev(present)
+    return summary

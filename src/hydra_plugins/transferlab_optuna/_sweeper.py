@@ -48,6 +48,7 @@ from transferlab.errors import UserError
 from transferlab.objective import run_metric
 from transferlab.scrub import scrubbed
 from transferlab.tracking.redaction import recorded_value, redacted_overrides
+from transferlab.tracking.store import check_database, is_database
 from transferlab.tracking.sweep import PARENT_RUN_ENV
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -264,7 +265,11 @@ def _storage_label(url: str | None) -> str:
 
 
 def _check_study_reachable(settings: Settings, launcher: Launcher) -> None:
-    """Pruning happens in the jobs: an in-memory study reaches only jobs in this process."""
+    """A database storage must answer now, not fail the first trial with a traceback (or
+    hang: libpq waits forever for a host that drops packets). Pruning happens in the jobs:
+    an in-memory study reaches only jobs in this process."""
+    if settings.storage is not None and is_database(settings.storage):
+        check_database("hydra.sweeper.storage", settings.storage)
     if (
         settings.storage is None
         and settings.pruner != "none"

@@ -26,6 +26,8 @@ from transferlab.data.transforms import Preprocessing
 from transferlab.errors import UserError, instantiate
 from transferlab.objective import adaptation_node, selection_of
 
+TRAIN_ONLY = ("train_per_class", "label_noise")  # task fields that carve the train split alone
+
 
 class TransferDataModule(pl.LightningDataModule):
     """`pin_memory`: batches in page-locked host memory, so the copy to the GPU (which
@@ -130,6 +132,23 @@ class TransferDataModule(pl.LightningDataModule):
         if self.identity is None:
             raise RuntimeError("dataset_digest is known after setup()")
         return json_digest(self.identity)[:16]
+
+    def split_digest(self, split: str, target: bool = False) -> str:
+        """16 hex digits that say which images one split (`train`, `val`, `test`; of the
+        target domain with `target`) holds: the sha256 of the dataset's identity (an image
+        folder's manifest digest included) and of the task fields and fold that carve that
+        split. A change that leaves a split alone leaves its digest: the test split is held
+        out before val and the folds are drawn (see splits.carve_task), and train_per_class
+        and label_noise touch train alone."""
+        if self.identity is None:
+            raise RuntimeError("split_digest is known after setup()")
+        whole = self.identity["target"] if target else self.identity
+        ignored = {"train": (), "val": TRAIN_ONLY, "test": (*TRAIN_ONLY, "val_fraction")}[split]
+        task = {key: value for key, value in whole["task"].items() if key not in ignored}
+        fold = None if target or split == "test" else self.identity["fold"]
+        domain = "target" if target else "source"  # a domain adapted to itself: two digests
+        carved = {"source": whole["source"], "task": task, "fold": fold, "split": split}
+        return json_digest({**carved, "domain": domain})[:16]
 
     def use_features(self, features: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Serves precomputed backbone features in place of the images (same splits)."""

@@ -8,13 +8,18 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from transferlab.errors import UserError
 from transferlab.models.backbone import replace_submodule
 from transferlab.safe_load import load_tensors
-from transferlab.tracking.digests import ROLE_TAG, check_recorded_digest, digest_tag
+from transferlab.tracking.digests import ROLE_TAG, check_recorded_digest, digest_tag, file_sha256
+from transferlab.tracking.logged_model import BACKBONE_ARTIFACT, BACKBONE_FILE
+
+if TYPE_CHECKING:
+    from mlflow.entities import LoggedModel
 
 MLFLOW_URI_SCHEMES = ("runs:/", "models:/")  # weights_path values resolved through MLflow
 WEIGHTS_SUFFIXES = (".pt", ".pth")
@@ -58,8 +63,10 @@ def load_weights_file(network: nn.Module, path: str, classifier: str, arch: str)
 def local_weights_file(path: str) -> Iterator[str]:
     """A local path as given (the user's own file); an MLflow `runs:/` or `models:/` URI
     downloaded to a temporary file, removed after use (a sweep of transfer runs would
-    otherwise fill /tmp), and checked against the sha256 its run recorded (a `models:/`
-    version whose source is no run's artifact has no run to check it against).
+    otherwise fill /tmp), and checked against the sha256 its run recorded. A `models:/` URI
+    of a transferlab run's logged model (registered or not) gives its backbone's state
+    dict, checked against the sha256 recorded with the model; another `models:/` version
+    whose source is no run's artifact has nothing to check it against.
 
     Every transferlab run logs `backbone.pt`, so `runs:/<run_id>/backbone.pt` starts from the
     weights another run trained. The store is MLflow's current one ($MLFLOW_TRACKING_URI).
@@ -68,12 +75,57 @@ def local_weights_file(path: str) -> Iterator[str]:
         yield path
         return
     with tempfile.TemporaryDirectory(prefix="transferlab-weights-") as folder:
+        model = _transferlab_logged_model(path)
+        if model is not None:
+            yield str(_logged_backbone(path, model, folder))
+            return
         uri = _underlying_uri(path)
         downloaded = Path(_download(path, uri, folder))
         local = downloaded if downloaded.is_file() else _single_weights_file(path, downloaded)
         if uri.startswith("runs:/"):
             _check_run_digest(path, uri, local.relative_to(downloaded).as_posix(), local)
         yield str(local)
+
+
+def _transferlab_logged_model(path: str) -> LoggedModel | None:
+    """The logged model behind a `models:/NAME@alias`, `models:/NAME/VERSION` or
+    `models:/<model id>` URI, where it is a transferlab run's (it records its backbone's
+    sha256); None for anything else, resolved as before."""
+    if not path.startswith("models:/"):
+        return None
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        found = get_model_name_and_version(client, path)
+        if len(found) == 2:  # a registered version: its source names the logged model
+            found = get_model_name_and_version(client, client.get_model_version(*found).source)
+    except MlflowException:
+        return None  # no such version, or a source of another kind: resolved as before
+    if len(found) != 1:
+        return None
+    try:
+        model = client.get_logged_model(found[0])
+    except MlflowException as err:
+        raise _unresolved(path, err) from err
+    return model if digest_tag(BACKBONE_FILE) in model.tags else None
+
+
+def _logged_backbone(path: str, model: LoggedModel, folder: str) -> Path:
+    """The backbone's state dict in a transferlab logged model, checked against the sha256
+    recorded with the model: what is read back from a store is data, replaceable."""
+    uri = f"{model.artifact_location.rstrip('/')}/{BACKBONE_ARTIFACT}"
+    local = Path(_download(path, uri, folder))
+    expected, found = model.tags[digest_tag(BACKBONE_FILE)], file_sha256(local)
+    if found != expected:
+        raise UserError(
+            f"backbone.weights_path={path}: {BACKBONE_ARTIFACT} of model {model.model_id} has "
+            f"sha256 {found}, not the {expected} recorded with it (replaced since it was "
+            "logged): refused; download it and pass its local path if you trust it"
+        )
+    return local
 
 
 def _underlying_uri(path: str) -> str:

@@ -6,6 +6,7 @@ Lightning's own MLFlowLogger creates and ends runs itself; ours must outlive the
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pytorch_lightning.loggers.logger import Logger
@@ -21,7 +22,9 @@ class TrackedRunLogger(Logger):
 
     @property
     def name(self) -> str:
-        return self.run.name
+        """A folder's name (Lightning keeps the best checkpoint under <stage>/<name>/<run
+        id>/): the run's name without its spaces and `=`."""
+        return re.sub(r"[^\w.-]+", "_", self.run.name)
 
     @property
     def version(self) -> str:

@@ -9,17 +9,18 @@ written before the run ends (tracking.metric_writer).
 A tracking server that goes away mid-run (down, unreachable, or answering 5xx/429):
 - Metrics stay queued in memory, in order, and the writer tries again after a growing pause
   (1 s to MAX_PAUSE); training never waits. Once the server answers they are written.
-- Everything else (params, tags, artifact uploads, the final status, and the metrics still
-  queued when the run ends) waits for it: at most SERVER_WAIT s per outage, counted from the
-  first call that found it down, so that a run ending in an outage waits once ("waiting up
-  to 60 s for the tracking server..."), not once per call or per artifact.
-- Past that wait, what the run still has to send (metrics, params, tags, artifact paths, the
-  final status) is kept, in order (every later record too), in `mlflow-unsent-<time>.jsonl`
-  in the run's local folder (the stage folder; by default ./mlflow-unsent/<run id>/), and the
-  run's end fails naming it and the command that imports it into the same run once the
-  server is back: `python -m transferlab.tracking.unsent <file-or-folder>`. Artifacts are
-  kept as paths: their files must stay until then. The run stays RUNNING on the server (or
-  the next start on this host fails it as left RUNNING) until the import sets its status.
+- Everything else (params, tags, dataset inputs, artifact uploads, the final status, and the
+  metrics still queued when the run ends) waits for it: at most SERVER_WAIT s per outage,
+  counted from the first call that found it down, so that a run ending in an outage waits
+  once ("waiting up to 60 s for the tracking server..."), not once per call or per artifact.
+- Past that wait, what the run still has to send (metrics, params, tags, dataset inputs,
+  artifact paths, the final status) is kept, in order (every later record too), in
+  `mlflow-unsent-<time>.jsonl` in the run's local folder (the stage folder; by default
+  ./mlflow-unsent/<run id>/), and the run's end fails naming it and the command that imports
+  it into the same run once the server is back: `python -m transferlab.tracking.unsent
+  <file-or-folder>`. Artifacts are kept as paths: their files must stay until then. The run
+  stays RUNNING on the server (or the next start on this host fails it as left RUNNING)
+  until the import sets its status.
 """
 
 from __future__ import annotations
@@ -30,16 +31,22 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
-from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run, RunTag
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from transferlab.errors import RunStopped, UserError
 from transferlab.scrub import scrubbed, without_url_credentials
+from transferlab.tracking.datasets import DIGEST_TAG, dataset_records
 from transferlab.tracking.metric_writer import MetricWriter
 from transferlab.tracking.orphans import fail_orphaned_runs, process_tags
 from transferlab.tracking.store import SERVER_WAIT, RetryingClient, connect, server_outage
+from transferlab.tracking.system_metrics import SystemMetrics, next_step
+
+if TYPE_CHECKING:
+    from transferlab.data.module import TransferDataModule
 
 MAX_PARAM_VALUE = 6000  # MLflow's limit
 BATCH = 100  # MLflow accepts at most 100 params per log_batch
@@ -47,11 +54,13 @@ UNSENT_DIR = "mlflow-unsent"  # under the working directory, where a run names n
 UNSENT_GLOB = "mlflow-unsent-*.jsonl"
 IMPORT_COMMAND = "python -m transferlab.tracking.unsent"
 FINDABLE = 20  # runs find_finished_run checks: planted runs cost a retrain, never a reuse
+DATASET_FIELDS = ("name", "digest", "source_type", "source", "profile", "context")  # an input
 
 
 class Tracker:
     """One experiment in one store; hands out runs. `experiment` is the config that every
-    run of this invocation records, so that any of them can be rerun."""
+    run of this invocation records, so that any of them can be rerun; with `system_metrics`
+    each run logs the machine's (tracking.system_metrics)."""
 
     def __init__(
         self,
@@ -59,9 +68,11 @@ class Tracker:
         experiment_name: str,
         experiment: Any = None,
         server_wait: float = SERVER_WAIT,
+        system_metrics: bool = False,
     ):
         self.uri = uri
         self.experiment = experiment
+        self.system_metrics = system_metrics
         self.client = connect(uri, server_wait)
         mlflow.set_tracking_uri(uri)  # also for `runs:/` / `models:/` weights resolved later
         experiment = self.client.get_experiment_by_name(experiment_name)
@@ -82,7 +93,9 @@ class Tracker:
     ) -> TrackedRun:
         """A new run, or with `run_id` that run again (a resumed one), RUNNING once more.
         `local_dir` keeps what a tracking server that went away did not take."""
-        return TrackedRun(self.client, self.experiment_id, name, tags, run_id, local_dir)
+        return TrackedRun(
+            self.client, self.experiment_id, name, tags, run_id, local_dir, self.system_metrics
+        )
 
     def find_finished_run(self, tag: str, value: str, accept: Callable[[Run], bool]) -> str | None:
         """The newest FINISHED run of this experiment tagged `tag`=`value` that `accept`
@@ -97,12 +110,17 @@ class Tracker:
         return next((run.info.run_id for run in runs if accept(run)), None)
 
     def runs_page_url(self, host: str = "http://127.0.0.1:5000") -> str:
-        return f"{host}/#/experiments/{self.experiment_id}/runs"
+        """MLflow 3.17's UI opens an experiment in GenAI mode unless the link names the
+        workflow: the experimentKind tag alone does not choose it."""
+        page = f"#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
+        return f"{host.rstrip('/')}/{page}"
 
 
 class TrackedRun:
     """A context manager around one MLflow run; its exit sets the final status. What a
-    tracking server that went away did not take is kept in `local_dir` (module docstring)."""
+    tracking server that went away did not take is kept in `local_dir` (module docstring).
+    With `system_metrics`, the machine is sampled from the start to the exit, whatever the
+    status (tracking.system_metrics)."""
 
     def __init__(
         self,
@@ -112,6 +130,7 @@ class TrackedRun:
         tags: Mapping[str, str],
         run_id: str | None = None,
         local_dir: Path | None = None,
+        system_metrics: bool = False,
     ):
         self.client = client
         self.unsent: list[dict[str, Any]] = []  # records the server did not take, in order
@@ -126,11 +145,17 @@ class TrackedRun:
         self.in_sweep = "mlflow.parentRunId" in tags
         self.local_dir = Path(local_dir) if local_dir else Path.cwd() / UNSENT_DIR / self.run_id
         self.metrics = MetricWriter(client, self.run_id)
+        self.system = None
+        if system_metrics:
+            first = next_step(client, run_id) if run_id else 0  # resumed: its steps go on
+            self.system = SystemMetrics(self.log_metrics, first)
 
     def __enter__(self) -> TrackedRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        if self.system is not None:
+            self.system.stop()  # its last sample goes with the run's other metrics
         refused = self.metrics.close()
         self.unsent += [{"metric": _metric_record(metric)} for metric in self.metrics.unsent]
         failure = None
@@ -208,6 +233,12 @@ class TrackedRun:
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         self._send("artifact", {"path": str(Path(path).resolve()), "folder": folder})
 
+    def log_datasets(self, data: TransferDataModule) -> None:
+        """What the run trains and is tested on, set up: its digest as a tag, each split as
+        an MLflow dataset input (see tracking.datasets)."""
+        self.set_tags({DIGEST_TAG: data.dataset_digest})
+        self._send("inputs", dataset_records(data))
+
 
 def send_record(client: RetryingClient, run_id: str, kind: str, body: Any) -> None:
     """Sends one record of a run, as TrackedRun makes them and an unsent file keeps them
@@ -220,6 +251,8 @@ def send_record(client: RetryingClient, run_id: str, kind: str, body: Any) -> No
         client.log_batch(run_id, tags=[RunTag(key, value) for key, value in body.items()])
     elif kind == "artifact":
         client.log_artifact(run_id, body["path"], body["folder"])
+    elif kind == "inputs":
+        client.log_inputs(run_id, datasets=[_dataset_input(dataset) for dataset in body])
     elif kind == "end":
         client.set_terminated(run_id, body)
     else:
@@ -238,7 +271,7 @@ def write_unsent(folder: Path, header: dict[str, str], records: list[dict[str, A
 def _kinds(records: Iterable[dict[str, Any]]) -> str:
     """'metrics, artifacts and final status: 42 records'"""
     names = {"params": "params", "tags": "tags", "metric": "metrics", "artifact": "artifacts"}
-    names["end"] = "final status"
+    names |= {"inputs": "datasets", "end": "final status"}
     kinds = [next(iter(record)) for record in records]
     found = [name for kind, name in names.items() if kind in kinds]
     listed = ", ".join(found[:-1]) + " and " + found[-1] if len(found) > 1 else found[0]
@@ -247,6 +280,12 @@ def _kinds(records: Iterable[dict[str, Any]]) -> str:
 
 def _strings(values: Mapping[str, Any]) -> dict[str, str]:
     return {key: str(value)[:MAX_PARAM_VALUE] for key, value in values.items()}
+
+
+def _dataset_input(record: dict[str, str]) -> DatasetInput:
+    """A dataset record (DATASET_FIELDS) as MLflow's input: its context an input tag."""
+    dataset = Dataset(**{key: record[key] for key in DATASET_FIELDS if key != "context"})
+    return DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, record["context"])])
 
 
 def _metric_record(metric: Metric) -> dict[str, Any]:

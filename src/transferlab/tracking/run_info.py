@@ -18,7 +18,10 @@ from transferlab.tracking.mlflow_run import MAX_PARAM_VALUE, TrackedRun, Tracker
 from transferlab.tracking.recorded import EXPERIMENT_CONFIG, STAGE_CONFIG
 from transferlab.tracking.redaction import flatten, redacted, redacted_command, redacted_overrides
 from transferlab.tracking.store import tracking_uri
-from transferlab.tracking.sweep import PARENT_RUN_ENV
+from transferlab.tracking.sweep import PARENT_RUN_ENV, SWEPT_KEYS_ENV, short_keys, short_value
+
+MAX_RUN_NAME = 250  # characters: well under MLflow's 500, and still readable in a list
+NAMED_GROUPS = ("backbone", "freeze", "optimizer", "adapt")  # choices a run's name shows
 
 
 def sweep_tags() -> dict[str, str]:
@@ -39,7 +42,8 @@ def record_failed_job(cfg: DictConfig, error: Exception) -> None:
         "error": scrubbed(f"{type(error).__name__}: {error}")[:MAX_PARAM_VALUE],
         "transferlab.role": "failed-job",
     }
-    run = tracker.client.create_run(tracker.experiment_id, run_name="failed-job", tags=tags)
+    name = f"failed-job {swept_values()}".strip()  # which job, as its run would be named
+    run = tracker.client.create_run(tracker.experiment_id, run_name=name, tags=tags)
     tracker.client.set_terminated(run.info.run_id, "FAILED")
 
 
@@ -65,17 +69,40 @@ def group_choices() -> dict[str, str]:
     return {g: str(choices[g]) for g in GROUPS if g in choices}
 
 
-def run_name(cfg: DictConfig, choices: dict[str, str], role: str) -> str:
+def run_name(cfg: DictConfig, choices: dict[str, str], role: str, suffix: str = "") -> str:
+    """`small_cnn-none-adamw` from the choices, then `suffix` (`-fold0`), then in a sweep
+    what tells this job from the others (`tpc=2 seed=1`). A source run names its source
+    task; a scratch run is named by run_stages, after the run it is the baseline of."""
     backbone = choices.get("backbone", cfg.backbone.get("arch", "backbone"))
-    if role in ("source", "scratch"):
-        return f"{backbone}-{role}"
+    if role == "source":
+        source = choices.get("source")
+        return f"{backbone}-source" + (f"-{source}" if source else "")
+    if role == "scratch":
+        return f"{backbone}-scratch"
     freeze = choices.get("freeze") or target_name(cfg.freeze)
     optimizer = choices.get("optimizer", cfg.optimizer._target_.rsplit(".", 1)[-1].lower())
     name = f"{backbone}-{freeze}-{optimizer}"
-    if selection_of(cfg) is None:
-        return name
-    adapt = choices.get("adapt") or target_name(cfg.adapt) or "none"
-    return f"{name}-{'source_only' if adapt == 'none' else adapt}-{selection_of(cfg)}"
+    if selection_of(cfg) is not None:
+        adapt = choices.get("adapt") or target_name(cfg.adapt) or "none"
+        name += f"-{'source_only' if adapt == 'none' else adapt}-{selection_of(cfg)}"
+    swept = swept_values()
+    return f"{name}{suffix} {swept}"[:MAX_RUN_NAME] if swept else f"{name}{suffix}"
+
+
+def swept_values() -> str:
+    """In a sweep, this job's values of the keys the sweep varies, short (`tpc=2 seed=1`;
+    see tracking.sweep.short_keys), without the choices the name shows already."""
+    from transferlab.compat import parse_override
+
+    swept = os.environ.get(SWEPT_KEYS_ENV, "").split(",")
+    given = {}
+    for text in _overrides():
+        override = parse_override(text)
+        if override is not None:
+            given[override.key_or_group] = text.partition("=")[2]
+    keys = [key for key in swept if key in given and key not in NAMED_GROUPS]
+    short = short_keys(keys)
+    return " ".join(f"{short[key]}={short_value(given[key])}" for key in keys)
 
 
 def log_config(

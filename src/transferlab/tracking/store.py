@@ -24,7 +24,8 @@ from transferlab.errors import UserError
 from transferlab.scrub import without_url_credentials
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-PROBE_TIMEOUT = 5.0  # seconds a tracking server has to answer before the run is refused
+PROBE_TIMEOUT = 5.0  # seconds a tracking server or database has to answer before a refusal
+DATABASES = ("postgresql", "mysql")  # URL schemes of SQLAlchemy stores on a server
 SERVER_WAIT = 60.0  # seconds calls wait for a tracking server that went away, per outage
 MAX_PAUSE = 8.0  # the longest pause between two tries of a server that is down
 FAIL_FAST_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
@@ -143,8 +144,12 @@ def server_outage(error: BaseException | None) -> str | None:
 
 
 def check_reachable(uri: str, timeout: float = PROBE_TIMEOUT) -> None:
-    """Refuses a tracking server that does not answer, before any training: MLflow's own
-    client would retry for minutes and then fail mid-run. Local stores need no probe."""
+    """Refuses a tracking server or database that does not answer, before any training:
+    MLflow's own client would retry for minutes and then fail mid-run. Files need no probe."""
+    if is_database(uri):
+        hint = f". Start it, or use a local store: tracking.uri={DEFAULT_TRACKING_URI}"
+        check_database("tracking.uri", uri, timeout, hint)
+        return
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -157,6 +162,43 @@ def check_reachable(uri: str, timeout: float = PROBE_TIMEOUT) -> None:
         raise _unreachable(uri, _connection_failure(error)) from None
     if response.status_code in (502, 503, 504):  # a proxy in front of a server that is down
         raise _unreachable(uri, f"HTTP {response.status_code} {response.reason}")
+
+
+def is_database(url: str) -> bool:
+    """A SQLAlchemy URL of a database server (`postgresql+psycopg2://`, `mysql://`)."""
+    return url.partition("://")[0].partition("+")[0] in DATABASES
+
+
+def check_database(setting: str, url: str, timeout: float = PROBE_TIMEOUT, hint: str = "") -> None:
+    """Refuses a database (tracking.uri, an Optuna storage) that does not take a connection,
+    in one line naming `setting` and the URL without its credentials."""
+    reason = _database_unreachable(url, timeout)
+    if reason is not None:
+        raise UserError(f"{setting}={without_url_credentials(url)}: {reason}{hint}")
+
+
+def _database_unreachable(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """Why the database server at `url` does not take a connection within `timeout`
+    (libpq's own default waits forever for a host that drops packets); None when it does."""
+    from sqlalchemy import create_engine, exc
+    from sqlalchemy.pool import NullPool
+
+    try:
+        engine = create_engine(
+            url, poolclass=NullPool, connect_args={"connect_timeout": max(2, round(timeout))}
+        )
+    except ImportError as error:  # SQLAlchemy 2.1 opens postgresql:// with psycopg 3
+        return f"its driver is not installed ({error}); psycopg2 is: postgresql+psycopg2://..."
+    except exc.ArgumentError as error:
+        return f"not a database URL ({error})"
+    try:
+        with engine.connect():
+            return None
+    except exc.DBAPIError as error:
+        first = str(error.orig).strip().partition("\n")[0] or type(error.orig).__name__
+        return f"the database does not accept the connection ({first})"
+    finally:
+        engine.dispose()
 
 
 def _connection_failure(error: requests.ConnectionError) -> str:

@@ -3,8 +3,9 @@ starts, and each job's run as its child (tag `mlflow.parentRunId`, which works a
 processes, unlike MLflow's `nested=True`). transferlab.multirun's Hydra callback opens and
 closes the parent; this module is what it records.
 
-The parent's id reaches the jobs through an environment variable: set before the launcher
-starts, it is inherited by in-process jobs, joblib workers and submitted cluster jobs alike.
+The parent's id reaches the jobs through an environment variable, and so do the keys the
+sweep varies (a job's run is named with its values of them): set before the launcher starts,
+they are inherited by in-process jobs, joblib workers and submitted cluster jobs alike.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import atexit
 import math
 import os
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -23,6 +25,8 @@ from transferlab.objective import lower_is_better, objective_value, overrides_as
 from transferlab.tracking.redaction import redacted_command, redacted_overrides, save_sweep_config
 
 PARENT_RUN_ENV = "TRANSFERLAB_PARENT_RUN_ID"
+SWEPT_KEYS_ENV = "TRANSFERLAB_SWEPT_KEYS"  # comma-separated: no override key holds a comma
+LONG_KEY = 10  # characters: a longer snake_case key is shown by its initials
 SWEEP_CONFIG = "multirun.yaml"  # the name Hydra's basic sweeper saves it under too
 
 
@@ -39,7 +43,7 @@ class SweepRun:
         self.client = self.tracker.client
         run = self.client.create_run(
             self.tracker.experiment_id,
-            run_name=f"sweep-{Path(config.hydra.sweep.dir).name}",
+            run_name=_sweep_name(config),
             tags={
                 "transferlab.role": "sweep",
                 "transferlab.sweeper": config.hydra.sweeper.get("_target_", ""),
@@ -49,6 +53,7 @@ class SweepRun:
         )
         self.run_id = run.info.run_id
         os.environ[PARENT_RUN_ENV] = self.run_id
+        os.environ[SWEPT_KEYS_ENV] = ",".join(swept_keys(config))
         self._log_definition(config)
         atexit.register(self._fail_if_unfinished)
 
@@ -72,6 +77,7 @@ class SweepRun:
         self.client.set_terminated(self.run_id, "FINISHED")
         atexit.unregister(self._fail_if_unfinished)
         os.environ.pop(PARENT_RUN_ENV, None)
+        os.environ.pop(SWEPT_KEYS_ENV, None)
 
     def _log_definition(self, config: DictConfig) -> None:
         """The sweep definition (multirun.yaml) and the swept parameters as params, as they
@@ -98,6 +104,58 @@ class SweepRun:
     def _fail_if_unfinished(self) -> None:
         if self.client.get_run(self.run_id).info.status == "RUNNING":
             self.client.set_terminated(self.run_id, "FAILED")
+
+
+def swept_keys(config: DictConfig) -> list[str]:
+    """The keys the multirun varies, in the order given: a command-line override that
+    sweeps (`a,b`, `range()`, a glob, `interval()`), then the sweeper's search space
+    (`hydra.sweeper.params`)."""
+    from transferlab.compat import parse_override
+
+    space = config.hydra.sweeper.get("params")
+    space = OmegaConf.to_container(space, resolve=False) if space else {}
+    given = [*config.hydra.overrides.task, *(f"{key}={values}" for key, values in space.items())]
+    keys = []
+    for text in given:
+        override = parse_override(text)
+        if override is not None and override.is_sweep_override():
+            keys.append(override.key_or_group)
+    return list(dict.fromkeys(keys))
+
+
+def short_keys(keys: list[str]) -> dict[str, str]:
+    """How a run's name and the parent's summary metrics show each swept key: its last
+    dotted part, a long snake_case one by its initials (`dataset.task.train_per_class` ->
+    `tpc`); where two keys would read the same, each in full."""
+    short = {key: _short_key(key) for key in keys}
+    counts = Counter(short.values())
+    return {key: name if counts[name] == 1 else key for key, name in short.items()}
+
+
+def _short_key(key: str) -> str:
+    last = re.split(r"[./]", key)[-1]
+    if len(last) > LONG_KEY and "_" in last:
+        return "".join(part[0] for part in last.split("_") if part)
+    return last
+
+
+def short_value(text: str) -> str:
+    """A swept value as a name shows it: a float in 3 significant digits (`0.000312`,
+    `1e-05`), anything else (an integer, a choice) as given."""
+    if re.fullmatch(r"[+-]?\d+", text):
+        return text
+    try:
+        return f"{float(text):.3g}"
+    except ValueError:
+        return text
+
+
+def _sweep_name(config: DictConfig) -> str:
+    """`digits_learning_curve sweep 12-30-05`: the study (a config other than the default
+    one) and its folder, the time it started by default."""
+    study = config.hydra.job.get("config_name") or "train"
+    folder = Path(config.hydra.sweep.dir).name
+    return f"{study} sweep {folder}" if study != "train" else f"sweep {folder}"
 
 
 def _outcome(run) -> str:

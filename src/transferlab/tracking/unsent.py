@@ -1,10 +1,10 @@
 """Imports what a run's tracking server did not take into that same run, once the server
 answers again: the `mlflow-unsent-*.jsonl` files a run writes when the server did not come
-back before it ended (see transferlab.tracking.mlflow_run). Metrics, params and tags are
-logged, artifacts uploaded from where the file says they are, and the run ended with the
-status it ended with; FAILED, naming them in the tag transferlab.not_imported, where some
-could not be imported. An imported file is renamed to `*.jsonl.imported`, so that
-importing its folder again skips it.
+back before it ended (see transferlab.tracking.mlflow_run). Metrics, params, tags and
+dataset inputs are logged, artifacts uploaded from where the file says they are, and the
+run ended with the status it ended with; FAILED, naming them in the tag
+transferlab.not_imported, where some could not be imported. An imported file is renamed to
+`*.jsonl.imported`, so that importing its folder again skips it.
 
     python -m transferlab.tracking.unsent <file-or-folder> [--tracking-uri URI] [--force]
 
@@ -35,7 +35,12 @@ from mlflow.exceptions import MlflowException
 from transferlab.errors import UserError, exits_on_user_error, one_of
 from transferlab.scrub import without_url_credentials
 from transferlab.tracking.metric_writer import MetricWriter
-from transferlab.tracking.mlflow_run import MAX_PARAM_VALUE, UNSENT_GLOB, send_record
+from transferlab.tracking.mlflow_run import (
+    DATASET_FIELDS,
+    MAX_PARAM_VALUE,
+    UNSENT_GLOB,
+    send_record,
+)
 from transferlab.tracking.store import (
     DEFAULT_TRACKING_URI,
     RetryingClient,
@@ -132,6 +137,8 @@ def describe(unsent: UnsentFile, uri: str) -> str:
     """What importing the file will send, listed before anything is: every artifact file."""
     records = unsent.records
     what = [f"{kind}: {_count(records, kind)}" for kind in ("metrics", "params", "tags")]
+    if datasets := _count(records, "inputs"):  # most files have none: listed where they do
+        what.append(f"datasets: {datasets}")
     what += [f"final status {body}" for kind, body in records if kind == "end"]
     lines = [f"{unsent.path}: into run {unsent.run_id} at {uri}: " + ", ".join(what)]
     lines += [
@@ -143,7 +150,7 @@ def describe(unsent: UnsentFile, uri: str) -> str:
 
 
 def _count(records: list[tuple[str, Any]], kinds: str) -> int:
-    """Metrics are a record each; params and tags come several to a record."""
+    """Metrics are a record each; params, tags and dataset inputs come several to a record."""
     if kinds == "metrics":
         return sum(kind == "metric" for kind, _ in records)
     return sum(len(body) for kind, body in records if kind == kinds)
@@ -262,6 +269,15 @@ def _is_artifact(body: Any) -> bool:
     )
 
 
+def _is_inputs(body: Any) -> bool:
+    return isinstance(body, list) and all(
+        isinstance(dataset, dict)
+        and set(dataset) == set(DATASET_FIELDS)
+        and all(isinstance(value, str) for value in dataset.values())
+        for dataset in body
+    )
+
+
 def _is_status(body: Any) -> bool:
     return body in STATUSES
 
@@ -279,6 +295,7 @@ RECORDS = {
     "params": _is_strings,
     "tags": _is_strings,
     "artifact": _is_artifact,
+    "inputs": _is_inputs,
     "end": _is_status,
 }
 
