@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,8 @@ def test_a_run_records_params_metrics_artifacts_and_tags(train, runs, client, tr
     assert objective == metrics["val/acc_best"]
     assert [step for step, _ in metric_history(client, run, "val/acc")] == [0, 1]
     tags = run.data.tags
+    assert tags["mlflow.source.type"] == "LOCAL"  # the UI's Source column: the program
+    assert tags["mlflow.source.name"] == Path(sys.argv[0]).name
     for key in (
         "mlflow.source.git.commit",
         "git.dirty",

@@ -32,6 +32,7 @@ def environment_tags(device: str) -> dict[str, str]:
 @functools.cache
 def _environment_tags(device: str, folder: str) -> dict[str, str]:
     tags = {
+        **source_tags(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "device": device,
         "python": platform.python_version(),
@@ -39,6 +40,11 @@ def _environment_tags(device: str, folder: str) -> dict[str, str]:
     }
     tags.update(_git_tags(folder))
     return tags
+
+
+def source_tags() -> dict[str, str]:
+    """The program that made the run (`transferlab-train`): the UI's Source column."""
+    return {"mlflow.source.name": Path(sys.argv[0]).name, "mlflow.source.type": "LOCAL"}
 
 
 def machine_tags() -> dict[str, str]:

@@ -35,6 +35,7 @@ class SweepRun:
     that crashes in between leaves it FAILED, not RUNNING."""
 
     def __init__(self, config: DictConfig) -> None:
+        from transferlab.tracking.environment import source_tags
         from transferlab.tracking.mlflow_run import Tracker
         from transferlab.tracking.orphans import process_tags
         from transferlab.tracking.store import tracking_uri
@@ -48,6 +49,7 @@ class SweepRun:
                 "transferlab.role": "sweep",
                 "transferlab.sweeper": config.hydra.sweeper.get("_target_", ""),
                 "command": redacted_command(sys.argv),
+                **source_tags(),
                 **process_tags(),  # a sweeper killed outright leaves it to the next start
             },
         )
