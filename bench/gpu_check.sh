@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# transferlab on a CUDA GPU in under 5 minutes: resnet50 throughput and peak memory against a
-# plain PyTorch loop, then a 2-epoch digits run end to end with MLflow (see bench/gpu_check.py).
+# transferlab on a CUDA GPU in under 5 minutes (see bench/gpu_check.py): resnet50 throughput and
+# peak memory against a plain PyTorch loop, eager and compiled; five freeze strategies on a
+# CIFAR-10-sized task end to end with MLflow; a 2-epoch digits run with every artifact. One
+# table, and the records in bench/results/gpu_check.json (--json FILE: elsewhere).
 #
 #   bash bench/gpu_check.sh [--cpu] [--wheels DIR] [--python PY] [gpu_check.py options]
 #
 # Python: PY, else $TRANSFERLAB_PYTHON, else this repo's .venv, else the machine's `python3`;
-# it needs torch and pytorch-lightning. What else is missing (hydra-core, omegaconf, mlflow,
-# optuna, ...) is installed from the wheels in DIR (or $TRANSFERLAB_WHEELS) with
-# `pip install --no-index --find-links DIR`, offline. transferlab itself need not be
-# installed: when it is not importable it is run from this checkout.
-# --cpu: a dry run on the CPU at tiny sizes, through the same code (~20 s on 2 cores).
+# it needs torch and pytorch-lightning. What else a run imports and is missing (hydra-core,
+# mlflow, optuna, peft, psutil, ...) is installed from the wheels in DIR (or
+# $TRANSFERLAB_WHEELS) with `pip install --no-index --find-links DIR`, offline: DIR must hold
+# them and their dependencies. transferlab itself need not be installed: when it is not
+# importable it is run from this checkout.
+# --cpu: a dry run on the CPU at tiny sizes, through the same code (~70 s on 2 busy cores).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,10 +38,13 @@ if ! "$PY" -c "import importlib.util as u; assert u.find_spec('torch') and u.fin
     exit 1
 fi
 
-# Import name -> what pip installs; torch, torchvision and Lightning are the machine's own.
+# Import name -> what pip installs: what transferlab itself imports in the check's runs (torch
+# and Lightning are the machine's own). psutil and pynvml: MLflow's system metrics, on by
+# default on a GPU (pynvml: the GPU's); peft: freeze=lora; skops: the classical heads' module.
 NEEDED="hydra:hydra-core omegaconf:omegaconf mlflow:mlflow optuna:optuna sqlalchemy:sqlalchemy
 torchvision:torchvision torchmetrics:torchmetrics sklearn:scikit-learn matplotlib:matplotlib
-rich:rich joblib:joblib"
+rich:rich joblib:joblib psutil:psutil pynvml:nvidia-ml-py peft:peft skops:skops pandas:pandas
+PIL:pillow scipy:scipy yaml:pyyaml"
 missing() {  # one process: finding a module does not import it
     "$PY" - $NEEDED <<'PYTHON'
 import importlib.util, sys

@@ -20,6 +20,7 @@ import gc
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -123,8 +124,11 @@ def transferlab_side(
 
 def plain_side(cfg: DictConfig, warmup: int, steps: int) -> tuple[float, MemoryPeak]:
     """The loop one would write by hand around the same model, data loader, precision
-    (autocast for bf16-mixed), memory layout and optimizer."""
+    (autocast for bf16-mixed), memory layout, optimizer and compilation (the backbone, in
+    place, as `trainer.gpu.compile` does)."""
     backbone, data = build_backbone_and_data(cfg)
+    if cfg.trainer.gpu.get("compile"):
+        backbone.compile()
     head = nn.Linear(backbone.feature_dim, data.num_classes)
     device = torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
     layout = torch.channels_last if cfg.trainer.gpu.channels_last else torch.contiguous_format
@@ -137,26 +141,47 @@ def plain_side(cfg: DictConfig, warmup: int, steps: int) -> tuple[float, MemoryP
     loss_fn = nn.CrossEntropyLoss()
     bf16 = cfg.trainer.precision == "bf16-mixed"
     data.pin_memory = device.type == "cuda"  # as the data module does under a GPU trainer
+    # on a GPU the data lives there, as transferlab's loader.device=auto puts it (copied at
+    # the first batch: inside the memory measurement, as transferlab's at its setup)
+    cuda = device.type == "cuda"
+    batches = resident_batches(data, device) if cuda else host_batches(data)
     step, start = 0, None
     with MemoryPeak() as memory:
-        while step < warmup + steps:
-            for images, targets in data.train_dataloader():
-                if step == warmup:
-                    synchronize()
-                    start = time.perf_counter()
-                images = images.to(device, non_blocking=True).contiguous(memory_format=layout)
-                targets = targets.to(device, non_blocking=True)
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, torch.bfloat16) if bf16 else nullcontext():
-                    loss = loss_fn(model(images), targets)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                if step == warmup + steps:
-                    break
+        for images, targets in batches:
+            if step == warmup:
+                synchronize()
+                start = time.perf_counter()
+            images = images.to(device, non_blocking=True).contiguous(memory_format=layout)
+            targets = targets.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, torch.bfloat16) if bf16 else nullcontext():
+                loss = loss_fn(model(images), targets)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if step == warmup + steps:
+                break
         synchronize()
         seconds = time.perf_counter() - start
     return steps * cfg.loader.batch_size / seconds, memory
+
+
+def host_batches(data) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The data module's training loader, epoch after epoch."""
+    while True:
+        yield from data.train_dataloader()
+
+
+def resident_batches(data, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The train split copied to `device` once (at the first batch), then a permutation made
+    there each epoch and one index_select per batch (the last short batch dropped)."""
+    images, targets = (t.to(device) for t in data.splits.train.dataset.tensors)
+    size = data.batch_size
+    while True:
+        order = torch.randperm(len(images), device=device)
+        for begin in range(0, len(order) - size + 1, size):
+            index = order[begin : begin + size]
+            yield images.index_select(0, index), targets.index_select(0, index)
 
 
 class BareModule(pl.LightningModule):

@@ -139,6 +139,7 @@ BAD: dict[str, list[Bad]] = {
         Bad("loader.epoch_samples=10000000000000", ("loader.epoch_samples", "<= 2147483648")),
         Bad("+loader.workers=4", ("loader.workers", "num_workers")),
         Bad("~loader.batch_size", ("loader.batch_size", "required")),
+        Bad("loader.device=gpu", ("loader.device", "auto, cpu or cuda")),
     ],
     "trainer": [
         Bad("trainer.max_epochs=ten", ("trainer.max_epochs", "whole number")),
@@ -164,6 +165,13 @@ BAD: dict[str, list[Bad]] = {
         Bad("+tracking.url='sqlite:///mlflow.db'", ("tracking.url", "uri")),
         Bad("tracking.uri=[1,2]", ("tracking.uri", "null")),
         Bad("tracking.uri='sqlit:///mlflow.db'", ("tracking.uri", "sqlite", "postgresql")),
+        Bad("tracking.system_metrics=maybe", ("tracking.system_metrics", "true, false or auto")),
+    ],
+    "register": [
+        Bad("register.name=a/b", ("register.name='a/b'", "refused by the MLflow model registry")),
+        Bad("register.alias=champion", ("register.alias=champion", "register.name")),
+        Bad("register.name=m register.alias=latest", ("register.alias='latest'", "refused")),
+        Bad("register.name=m head=svm", ("register.name=m", "scikit-learn head")),
     ],
     "checkpoint": [
         Bad("+checkpoint.every=2", ("checkpoint.every", "every_n_epochs")),

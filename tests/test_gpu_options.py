@@ -3,6 +3,7 @@ pinned memory), on this CPU machine; the GPU itself is exercised by bench/gpu_ch
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import warnings
@@ -208,15 +209,31 @@ def test_compile_trains_on_the_cpu_with_inductor(train, runs, fresh_compile_prob
 
 
 @pytest.mark.slow
-def test_gpu_check_dry_run_on_the_cpu_prints_its_table(tmp_path):
+def test_gpu_check_dry_run_on_the_cpu_records_every_part(tmp_path):
+    """Every part of the GPU check, at tiny sizes on the CPU through the same code (~70 s
+    here): numbers for each, every freeze run finished, the digits run's artifacts all there."""
+    records = tmp_path / "gpu_check.json"
     result = subprocess.run(
-        ["bash", str(REPO / "bench" / "gpu_check.sh"), "--cpu", "--work", str(tmp_path)],
+        ["bash", str(REPO / "bench" / "gpu_check.sh"), "--cpu", "--json", str(records)],
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = result.stdout[result.stdout.index("| check |") :]
-    assert "images/s" in table and "peak GPU memory" in table
-    assert "FINISHED" in table and "test/acc" in table
+    assert "images/s" in table and "freeze=lora" in table and "every artifact" in table
+    found = json.loads(records.read_text())
+    for part in ("throughput", "compiled"):
+        speed = found[part]
+        assert speed["transferlab_images_per_s"] > 0 and speed["plain_images_per_s"] > 0
+        assert speed["ratio"] == pytest.approx(
+            speed["transferlab_images_per_s"] / speed["plain_images_per_s"]
+        )
+    runs = found["freeze"]["runs"]
+    assert list(runs) == ["none", "linear_probe", "partial", "gradual", "lora"]
+    assert all(r["status"] == "FINISHED" and r["seconds"] > 0 for r in runs.values())
+    assert all(0 <= r["test_acc"] <= 1 for r in runs.values())
+    digits = found["digits"]
+    assert digits["status"] == "FINISHED" and digits["missing_artifacts"] == []
+    assert digits["test_acc"] > 0.5 and digits["seconds"] > 0

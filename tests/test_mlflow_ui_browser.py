@@ -40,6 +40,10 @@ CHROMIUM_ARGS = [  # headless, and nothing that reaches out of the machine
 ]
 SCREENSHOTS_ENV = "TRANSFERLAB_SCREENSHOTS"  # a folder (docs): the README's picture goes there
 README_PICTURE = "mlflow-ui-study.png"
+# read before the test moves into its temporary folder: relative to where pytest started
+README_FOLDER = (
+    Path(os.environ[SCREENSHOTS_ENV]).resolve() if SCREENSHOTS_ENV in os.environ else None
+)
 README_WIDTH = 1100
 TRAIN_PER_CLASS = ("2", "4")
 SEEDS = ("1", "2")
@@ -181,8 +185,8 @@ def test_a_study_reads_at_a_glance_in_the_mlflow_ui(
             assert model_links(page, child.info.run_id) == {m.model_id for m in logged_models}
         assert len(set(names.values())) == 4, names
         browser.close()
-    if os.environ.get(SCREENSHOTS_ENV):
-        save_readme_picture(tmp_path / README_PICTURE, Path(os.environ[SCREENSHOTS_ENV]))
+    if README_FOLDER is not None:
+        save_readme_picture(tmp_path / README_PICTURE, README_FOLDER)
 
 
 def expand(page: Page, run_id: str) -> None:

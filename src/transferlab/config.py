@@ -29,6 +29,7 @@ from transferlab.errors import UserError
 from transferlab.objective import selection_of
 from transferlab.scrub import scrubbed, without_url_credentials
 from transferlab.stage_configs import derived_stages
+from transferlab.tracking.logged_model import check_register
 
 
 def validate(cfg: DictConfig) -> None:
@@ -36,6 +37,7 @@ def validate(cfg: DictConfig) -> None:
     run derives (its source stage, its scratch baseline) pass the same checks, before any
     run starts, as `source.*` / `scratch.*` merged onto the run's config."""
     check_plain_values(cfg)
+    check_register(cfg)  # the job's model: the derived stages register none
     stages = derived_stages(cfg)
     for role, stage in stages.items():
         _in_stage(role, check_plain_values, stage)

@@ -14,7 +14,6 @@ from transferlab.components import fraction, is_number, number, whole_number
 from transferlab.config_keys import check_keys, no_missing_values, resolvable
 from transferlab.errors import UserError, one_of
 from transferlab.objective import SELECTIONS, TARGET_LABELLED, adaptation_node, selection_of
-from transferlab.tracking.logged_model import check_register
 from transferlab.tracking.system_metrics import check_system_metrics
 
 FIT_METRICS = ("val/acc", "val/loss", "train/acc", "train/loss", "train/reg")
@@ -58,6 +57,9 @@ MAX_EPOCH_SAMPLES = 2**31  # images drawn an epoch: 2 billion, hours per epoch o
 MAX_WORKERS = 256  # loader processes, each holding a copy of the dataset's state
 
 
+DATA_DEVICES = ("auto", "cpu", "cuda")  # loader.device: where in-memory splits live (data.module)
+
+
 def check_plain_values(cfg: DictConfig) -> None:
     check_keys(cfg)
     resolvable(cfg)
@@ -76,6 +78,9 @@ def check_shared_values(cfg: DictConfig) -> None:
     _check_finite(OmegaConf.to_container(cfg), "")  # unresolved: the key that was set
     _positive(cfg, "loader.batch_size", int, high=MAX_BATCH_SIZE)
     _check_workers(cfg.loader.num_workers)
+    _check_data_device(
+        cfg.loader.get("device", "auto"), OmegaConf.select(cfg, "trainer.accelerator")
+    )
     whole_number("seed", cfg.seed, 0, MAX_SEED)
     _boolean(cfg, "feature_cache.enabled")
     if not isinstance(cfg.experiment_name, str) or not cfg.experiment_name:
@@ -105,7 +110,6 @@ def _check_switches(cfg: DictConfig) -> None:
     """Booleans and the run's resumption."""
     _boolean(cfg, "compare_scratch")
     check_system_metrics(cfg.tracking.system_metrics)
-    check_register(cfg)
     for key in ("trainer.gpu.channels_last", "trainer.gpu.compile"):  # not Lightning's
         _boolean(cfg, key, optional=True)
     if cfg.resume is not None and not isinstance(cfg.resume, (str, int)):
@@ -241,6 +245,27 @@ def _check_workers(workers) -> None:
     raise UserError(
         f"loader.num_workers={workers!r} must be a whole number in [0, {MAX_WORKERS}], or auto"
     )
+
+
+def _check_data_device(device, accelerator) -> None:
+    """Data asked onto a GPU that this machine or the trainer lacks: refused before any run
+    (whether a split fits is known once it is loaded: data.module.data_device)."""
+    if device not in DATA_DEVICES:
+        raise UserError(f"loader.device={device!r} is unknown; use {one_of(DATA_DEVICES)}")
+    if device != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError(
+            "loader.device=cuda but no CUDA GPU is visible; use loader.device=auto (the GPU "
+            "where there is one) or loader.device=cpu"
+        )
+    if accelerator not in (None, "auto", "gpu", "cuda"):
+        raise UserError(
+            f"loader.device=cuda keeps the data on the GPU, but trainer.accelerator={accelerator} "
+            "trains elsewhere; use trainer=gpu, or loader.device=auto"
+        )
 
 
 def _boolean(cfg: DictConfig, key: str, optional: bool = False) -> None:

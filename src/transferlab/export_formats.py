@@ -52,6 +52,9 @@ def to_torchscript(model: Classifier, images: torch.Tensor, path: Path) -> float
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
+        # Python-level branches traced as constants: the check below, on another batch
+        # size, is what shows whether the trace generalises
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         with torch.inference_mode():
             traced = torch.jit.trace(model, _example(images))
         traced.save(str(path))

@@ -9,11 +9,13 @@ determines it, and read back by every later run and sweep trial.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
@@ -84,11 +86,27 @@ def split_features(
         part = getattr(data.splits, split)
 
         def compute(images=part.dataset):
-            return extract_features(backbone, images, cfg.loader.batch_size, precision)
+            with on_training_device(backbone, cfg.trainer.accelerator):
+                return extract_features(backbone, images, cfg.loader.batch_size, precision)
 
         key = {**identity, "split": split}
         features[split] = cache.features(key, compute, part.targets) if cache else compute()
     return features
+
+
+@contextmanager
+def on_training_device(backbone: Backbone, accelerator: str) -> Iterator[None]:
+    """The backbone on the GPU the run trains on while it extracts features (it is built on
+    the CPU, before any Trainer exists), and back on the CPU after, where the Trainer
+    expects to find it. Under DDP, each process on its own GPU (LOCAL_RANK)."""
+    if accelerator not in ("gpu", "cuda", "auto") or not torch.cuda.is_available():
+        yield
+        return
+    backbone.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))))
+    try:
+        yield
+    finally:
+        backbone.to("cpu")
 
 
 def cache_dir(cfg: DictConfig) -> Path:

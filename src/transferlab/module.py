@@ -203,6 +203,9 @@ class TransferModule(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.loss_guard.check(self.trainer.strategy, self.current_epoch)
         self._log_epoch("train")
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None and scaler.is_enabled():  # 16-mixed: fp16 gradients are scaled
+            self.log("train/grad_scale", scaler.get_scale())  # halved after each overflow
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")

@@ -15,6 +15,7 @@ URL to `mlflow server`, not its command line, which `ps` shows to every user.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import socket
@@ -71,6 +72,7 @@ def local_postgres(folder: Path):
             ) from None
 
     folder.parent.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("pgserver").setLevel(logging.WARNING)  # its INFO lines, even at exit
     return pgserver.get_server(folder, cleanup_mode="stop")
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -19,20 +19,34 @@ from torch.utils.data import (
     TensorDataset,
 )
 
+from transferlab.config_values import DATA_DEVICES
 from transferlab.data.datasets import LabelledImages
 from transferlab.data.feature_cache import json_digest
 from transferlab.data.splits import Fold, TaskSpec, TaskSplits, carve_task
 from transferlab.data.transforms import Preprocessing
-from transferlab.errors import UserError, instantiate
+from transferlab.errors import UserError, instantiate, one_of
 from transferlab.objective import adaptation_node, selection_of
 
 TRAIN_ONLY = ("train_per_class", "label_noise")  # task fields that carve the train split alone
+
+
+# The splits whose loaders each Lightning stage (the `stage` of setup / teardown) asks for
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+
+
+AUTO_SHARE = 4  # loader.device=auto: a split goes to the GPU if it takes <= 1/4 of its free memory
 
 
 class TransferDataModule(pl.LightningDataModule):
     """`pin_memory`: batches in page-locked host memory, so the copy to the GPU (which
     Lightning issues with non_blocking=True) overlaps with compute. None: pinned exactly when
     the trainer this module is attached to trains on a CUDA device, unpinned on the CPU.
+
+    `loader.device` (see `data_device`): where the in-memory splits a trainer's stage serves
+    live while it runs. On its GPU they are copied there once at the stage's `setup` and
+    dropped at its `teardown`; their batches are then gathered there (index tensors made
+    there once an epoch), so no step copies images from the host. Image files are decoded
+    by workers on the host, as always.
 
     The training order depends on `seed` and the epoch alone, and a checkpoint records how
     far into its epoch training got, so a resumed run trains on exactly the batches the
@@ -73,6 +87,8 @@ class TransferDataModule(pl.LightningDataModule):
         self.batch_size = loader.batch_size
         self.num_workers = worker_count(loader.num_workers)
         self.epoch_samples = loader.get("epoch_samples")
+        self.device_setting = loader.get("device", "auto")
+        self.resident: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id: (host, device)
         self.fold = fold
         self.pin_memory = pin_memory
         self.seed = seed
@@ -110,6 +126,37 @@ class TransferDataModule(pl.LightningDataModule):
             }
             if self.target_config is not None:
                 self._setup_target()
+        if self.trainer is not None and stage is not None:  # Lightning's call, as a stage starts
+            self._place(stage)
+
+    def teardown(self, stage: str | None = None) -> None:
+        """The stage's device copies go: what runs later (the next stage, or code reading
+        these loaders outside a trainer) starts from the host tensors again."""
+        self.resident.clear()
+
+    def _place(self, stage: str) -> None:
+        """Copies the in-memory splits this stage serves to its trainer's device, each where
+        `data_device` says, once. Before any step: a forced split that does not fit stops here."""
+        device = self.trainer.strategy.root_device
+        for name, dataset in self._stage_datasets(stage):
+            if not isinstance(dataset, TensorDataset):
+                continue
+            size = sum(tensor.nbytes for tensor in dataset.tensors)
+            free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
+            if data_device(self.device_setting, device.type, size, free, name) == "cpu":
+                continue
+            for tensor in dataset.tensors:
+                if id(tensor) not in self.resident:
+                    self.resident[id(tensor)] = (tensor, tensor.to(device))
+
+    def _stage_datasets(self, stage: str) -> list[tuple[str, Dataset]]:
+        """(name, dataset) of each split a stage's loaders serve, the target domain's too."""
+        names = STAGE_SPLITS.get(stage, ())
+        found = [(name, getattr(self.splits, name).dataset) for name in names]
+        if self.target is not None:
+            used = [n for n in names if n != "train" or self.adapting]
+            found += [(f"target {n}", getattr(self.target, n).dataset) for n in used]
+        return found
 
     def _setup_target(self) -> None:
         """The target domain, carved by its own task; its classes must be the source's."""
@@ -180,12 +227,19 @@ class TransferDataModule(pl.LightningDataModule):
         return {"source": source, "target": target}  # Lightning pairs them: one of each a step
 
     def _training_loader(self, dataset, samples: int | None, stream: tuple[str, ...]) -> DataLoader:
+        tensors = self._served(dataset)
         batches = ShuffledBatches(
-            len(dataset), self.batch_size, self.seed, samples, *self._replicas(), stream=stream
+            len(dataset),
+            self.batch_size,
+            self.seed,
+            samples,
+            *self._replicas(),
+            stream=stream,
+            device=tensors[0].device if tensors else None,
         )
         batches.set_epoch(self.resume_at["epoch"])
         batches.skip_once(self.resume_at["batches_done"])
-        return self._loader(dataset, batches)
+        return self._loader(dataset, batches, tensors)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """With a target domain, a second loader: its validation images (with their labels
@@ -206,29 +260,44 @@ class TransferDataModule(pl.LightningDataModule):
         return [source, self._evaluation_loader(self.target.test.dataset)]
 
     def _evaluation_loader(self, dataset) -> DataLoader:
-        return self._loader(
-            dataset, evaluation_batches(len(dataset), self.batch_size, *self._replicas())
-        )
+        tensors = self._served(dataset)
+        device = tensors[0].device if tensors else None
+        batches = evaluation_batches(len(dataset), self.batch_size, *self._replicas(), device)
+        return self._loader(dataset, batches, tensors)
+
+    def _served(self, dataset: Dataset) -> tuple[torch.Tensor, ...] | None:
+        """An in-memory split's tensors where its batches are gathered: the device copies
+        `_place` made, else the host tensors; None for a dataset of image files."""
+        if not isinstance(dataset, TensorDataset):
+            return None
+        served = []
+        for tensor in dataset.tensors:
+            host, copy = self.resident.get(id(tensor), (None, None))
+            served.append(copy if host is tensor else tensor)
+        return tuple(served)
 
     def _replicas(self) -> tuple[int, int]:
         """(processes, this one's global rank) of the trainer this module is attached to."""
         trainer = self.trainer
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
-    def _loader(self, dataset, batches: Sampler[list[int]]) -> DataLoader:
-        """In-memory tensors are gathered a whole batch at a time (`batch_size=None` with a
-        batch sampler): per-image indexing and collating cost more than a small model's
-        step, and workers would only add copies. The batches are the same either way. Each
-        loader has a generator of its own: starting an iteration (which draws the workers'
-        seed) leaves the global RNG, and so dropout and MixUp, untouched."""
+    def _loader(
+        self, dataset, batches: Sequence, tensors: tuple[torch.Tensor, ...] | None
+    ) -> DataLoader:
+        """In-memory `tensors` are gathered a whole batch at a time (`batch_size=None` with
+        a batch sampler), on the device they live on: per-image indexing and collating cost
+        more than a small model's step, and workers would only add copies. The batches are
+        the same either way. Tensors already on the GPU are not pinned (only host memory
+        is). Each loader has a generator of its own: starting an iteration (which draws the
+        workers' seed) leaves the global RNG, and so dropout and MixUp, untouched."""
         generator = torch.Generator().manual_seed(self.seed)
-        if isinstance(dataset, TensorDataset):
+        if tensors is not None:
             return DataLoader(
-                TensorBatches(dataset),
+                TensorBatches(tensors),
                 batch_size=None,
                 sampler=batches,
                 generator=generator,
-                pin_memory=self._pinned(),
+                pin_memory=self._pinned() and tensors[0].device.type == "cpu",
             )
         return DataLoader(
             dataset,
@@ -299,13 +368,50 @@ def worker_count(configured: int | str) -> int:
     return configured
 
 
+def data_device(setting: str, accelerator: str, size: int, free: int, split: str) -> str:
+    """Where an in-memory split of `size` bytes lives while a trainer on `accelerator` (a
+    torch device type) uses it: `cuda` or `cpu`. `auto` puts it on a CUDA trainer's GPU when
+    it takes at most 1/AUTO_SHARE of the `free` device bytes (the rest is left to the model,
+    its activations and the other splits), else leaves it on the host; `cuda` insists, and
+    a split that cannot fit stops the run before training, naming itself."""
+    if setting not in DATA_DEVICES:
+        raise UserError(f"loader.device={setting!r} is unknown; use {one_of(DATA_DEVICES)}")
+    if setting == "cpu" or (setting == "auto" and accelerator != "cuda"):
+        return "cpu"
+    if setting == "auto":
+        return "cuda" if size * AUTO_SHARE <= free else "cpu"
+    if accelerator != "cuda":
+        raise UserError(
+            f"loader.device=cuda but the trainer runs on {accelerator}; use trainer=gpu, or "
+            "loader.device=auto (the GPU where the trainer has one)"
+        )
+    if size > free:
+        raise UserError(
+            f"loader.device=cuda: the {split} split ({_gib(size)}) does not fit in the GPU's "
+            f"free memory ({_gib(free)}); use loader.device=auto (a split that does not fit "
+            "stays in host memory) or loader.device=cpu"
+        )
+    return "cuda"
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.2f} GiB"
+
+
 def evaluation_batches(
-    size: int, batch_size: int, num_replicas: int = 1, rank: int = 0
-) -> BatchSampler:
+    size: int,
+    batch_size: int,
+    num_replicas: int = 1,
+    rank: int = 0,
+    device: torch.device | None = None,
+) -> Sequence:
     """Every image once, in order. Under DDP each process scores every `num_replicas`-th
     image (the metrics sum the counts over processes). Their batch counts may differ by
     one: an evaluation syncs the processes in its first step and at its end only, so each
-    needs one batch at least (a split of at least `num_replicas` images)."""
+    needs one batch at least (a split of at least `num_replicas` images). With a `device`
+    (in-memory data): the same batches as index tensors made there, for `TensorBatches`."""
+    if device is not None:
+        return torch.arange(rank, size, num_replicas, device=device).split(batch_size)
     return BatchSampler(range(rank, size, num_replicas), batch_size, drop_last=False)
 
 
@@ -322,7 +428,11 @@ class ShuffledBatches(Sampler[list[int]]):
     batches that would leave some processes one short are dropped.
 
     `stream` names an order of its own for the same seed (the target domain's batches),
-    which leaves the orders that name none as they were."""
+    which leaves the orders that name none as they were.
+
+    Batches are lists of indices, or with a `device` (in-memory data) index tensors on it:
+    each epoch's order is drawn on the host as always and copied there once, so a GPU
+    gathers a batch without a copy from the host per step."""
 
     def __init__(
         self,
@@ -333,8 +443,10 @@ class ShuffledBatches(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         stream: tuple[str, ...] = (),
+        device: torch.device | None = None,
     ):
         self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.device = device
         self.stream = [int.from_bytes(name.encode(), "little") for name in stream]
         self.num_samples = num_samples or size
         self.num_replicas, self.rank = num_replicas, rank
@@ -351,30 +463,34 @@ class ShuffledBatches(Sampler[list[int]]):
         full, rest = divmod(self.num_samples, self.batch_size)
         return (full + (rest > 1)) // self.num_replicas
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[int] | torch.Tensor]:
         entropy = [self.seed, self.epoch, *self.stream]
         seed = np.random.SeedSequence(entropy).generate_state(1)[0]
         generator = torch.Generator().manual_seed(int(seed))
         passes = math.ceil(self.num_samples / self.size)
         order = torch.cat([torch.randperm(self.size, generator=generator) for _ in range(passes)])
-        every = order[: self.num_samples].split(self.batch_size)
+        order = order[: self.num_samples]
+        if self.device is not None:
+            order = order.to(self.device)  # once an epoch
+        every = order.split(self.batch_size)
         batches = every[self.rank :: self.num_replicas][: len(self)]
         skip, self.skip = self.skip, 0
         for batch in batches[skip:]:
-            yield batch.tolist()
+            yield batch if self.device is not None else batch.tolist()
 
 
 class TensorBatches(Dataset):
-    """A TensorDataset indexed by a list of indices, one batch per fetch. `index_select`
-    gathers a batch of 64 images of 3x64x64 in ~0.1 ms here, where `tensor[indices]`
-    (advanced indexing) takes ~8 ms and stacking 64 single images ~0.4 ms."""
+    """A TensorDataset's tensors indexed by a batch of indices, one batch per fetch, on the
+    device they live on. `index_select` gathers a batch of 64 images of 3x64x64 in ~0.1 ms
+    here, where `tensor[indices]` (advanced indexing) takes ~8 ms and stacking 64 single
+    images ~0.4 ms."""
 
-    def __init__(self, dataset: TensorDataset):
-        self.tensors = dataset.tensors
+    def __init__(self, tensors: tuple[torch.Tensor, ...]):
+        self.tensors = tensors
 
     def __len__(self) -> int:
         return len(self.tensors[0])
 
-    def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
-        index = torch.as_tensor(indices)
+    def __getitem__(self, indices: torch.Tensor | list[int]) -> tuple[torch.Tensor, ...]:
+        index = torch.as_tensor(indices)  # index tensors (see ShuffledBatches) stay as they are
         return tuple(tensor.index_select(0, index) for tensor in self.tensors)

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -197,19 +200,40 @@ def _save_pyfunc(
             ]
         ),
     )
-    mlflow.pyfunc.save_model(
-        str(local),
-        python_model=code,
-        artifacts={
-            "network": str(network),
-            "preprocessing": str(preprocessing),
-            "backbone": str(weights),
-        },
-        signature=signature,
-        input_example=pd.DataFrame({"image": [example.tolist() for example in examples]}),
-        pip_requirements=[f"{name}=={_release(version(name))}" for name in REQUIREMENTS],
-        mlflow_model=model,
-    )
+    with _quiet_mlflow():
+        mlflow.pyfunc.save_model(
+            str(local),
+            python_model=code,
+            artifacts={
+                "network": str(network),
+                "preprocessing": str(preprocessing),
+                "backbone": str(weights),
+            },
+            signature=signature,
+            input_example=pd.DataFrame({"image": [example.tolist() for example in examples]}),
+            pip_requirements=[f"{name}=={_release(version(name))}" for name in REQUIREMENTS],
+            mlflow_model=model,
+        )
+
+
+@contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """Without MLflow's advice to type-hint `predict` (the signature is given) and its INFO
+    line on checking the input example: a run's console keeps to what the run says."""
+    logger = logging.getLogger("mlflow.pyfunc")
+    level, show = logger.level, warnings.showwarning
+
+    def others(message, *args, **kwargs) -> None:  # MLflow resets the warning filters itself
+        if "type hints to the `predict` method" not in str(message):
+            show(message, *args, **kwargs)
+
+    logger.setLevel(logging.WARNING)
+    warnings.showwarning = others
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        warnings.showwarning = show
 
 
 def _release(installed: str) -> str:
