@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import statistics
 from collections import Counter
 
-from transferlab.report_study import RunRow, Study, metric_columns, seed_groups
+from transferlab.report_study import RunRow, Study, mean_std, metric_columns, seed_groups
 
 MAIN_STATUSES = ("FINISHED", "FAILED", "PRUNED")  # counted first, in this order
 
@@ -73,10 +72,10 @@ def format_number(value: float | None) -> str:
 
 def format_mean_std(values: list[float | None]) -> str:
     """Mean ± sample standard deviation (the mean alone for a single value)."""
-    present = [v for v in values if v is not None]
-    if len(present) < 2:
-        return format_number(present[0] if present else None)
-    return f"{statistics.mean(present):.4f} ± {statistics.stdev(present):.4f}"
+    mean, std = mean_std(values)
+    if std is None:
+        return format_number(mean)
+    return f"{mean:.4f} ± {std:.4f}"
 
 
 def markdown_table(header: list[str], body: list[list[str]]) -> list[str]:

@@ -217,14 +217,9 @@ def seed_groups(study: Study) -> list[tuple[tuple[str, ...], list[RunRow]]]:
     for row in study.rows:
         if row.status == "FINISHED":
             groups.setdefault(tuple(row.params.get(k, "") for k in keys), []).append(row)
-    means = {key: _mean([r.objective for r in rows]) for key, rows in groups.items()}
+    means = {key: mean_std([r.objective for r in rows])[0] for key, rows in groups.items()}
     order = sorted(groups, key=lambda key: _rank("FINISHED", means[key], study.lower_is_better))
     return [(key, groups[key]) for key in order]
-
-
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.mean(present) if present else None
 
 
 def seed_summary(study: Study) -> dict[str, float]:
@@ -245,9 +240,16 @@ def seed_summary(study: Study) -> dict[str, float]:
         columns = {study.metric: [row.objective for row in rows]}
         columns |= {m: [row.metrics.get(m) for row in rows] for m in metric_columns(study)}
         for metric, found in columns.items():
-            present = [v for v in found if v is not None]
-            if present:
-                summary[f"{metric} mean {setting}".rstrip()] = statistics.mean(present)
-            if len(present) > 1:
-                summary[f"{metric} std {setting}".rstrip()] = statistics.stdev(present)
+            mean, std = mean_std(found)
+            if mean is not None:
+                summary[f"{metric} mean {setting}".rstrip()] = mean
+            if std is not None:
+                summary[f"{metric} std {setting}".rstrip()] = std
     return summary
+
+
+def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation of the values present (no std for fewer than 2)."""
+    present = [v for v in values if v is not None]
+    mean = statistics.mean(present) if present else None
+    return mean, statistics.stdev(present) if len(present) > 1 else None

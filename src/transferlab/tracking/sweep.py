@@ -93,13 +93,11 @@ class SweepRun:
         definition = folder / SWEEP_CONFIG
         save_sweep_config(definition, config)  # Hydra's basic sweeper saves its own after
         self.client.log_artifact(self.run_id, str(definition))
-        space = config.hydra.sweeper.get("params")
-        space = OmegaConf.to_container(space, resolve=False) if space else {}
-        overrides = OmegaConf.to_container(config.hydra.overrides.task)  # as typed, unresolved
-        given = [*overrides, *(f"{key}={values}" for key, values in space.items())]
         params = [  # the sweeper's search space wins over the command line's
             Param(f"sweep.{key}", str(values)[:MAX_PARAM_VALUE])
-            for key, values in overrides_as_params(redacted_overrides(given)).items()
+            for key, values in overrides_as_params(
+                redacted_overrides(sweep_overrides(config))
+            ).items()
         ]
         self.client.log_batch(self.run_id, params=params[:100])
 
@@ -108,17 +106,23 @@ class SweepRun:
             self.client.set_terminated(self.run_id, "FAILED")
 
 
+def sweep_overrides(config: DictConfig) -> list[str]:
+    """The multirun's overrides as typed (unresolved): the command line's, then the
+    sweeper's search space (`hydra.sweeper.params`) as `key=values`."""
+    space = config.hydra.sweeper.get("params")
+    space = OmegaConf.to_container(space, resolve=False) if space else {}
+    typed = OmegaConf.to_container(config.hydra.overrides.task)
+    return [*typed, *(f"{key}={values}" for key, values in space.items())]
+
+
 def swept_keys(config: DictConfig) -> list[str]:
     """The keys the multirun varies, in the order given: a command-line override that
     sweeps (`a,b`, `range()`, a glob, `interval()`), then the sweeper's search space
     (`hydra.sweeper.params`)."""
     from transferlab.compat import parse_override
 
-    space = config.hydra.sweeper.get("params")
-    space = OmegaConf.to_container(space, resolve=False) if space else {}
-    given = [*config.hydra.overrides.task, *(f"{key}={values}" for key, values in space.items())]
     keys = []
-    for text in given:
+    for text in sweep_overrides(config):
         override = parse_override(text)
         if override is not None and override.is_sweep_override():
             keys.append(override.key_or_group)
