@@ -9,7 +9,7 @@ TRACKING_URI ?= $(or $(MLFLOW_TRACKING_URI),sqlite:///mlflow.db)
 STORE_DIR ?= .mlflow-server
 export BACKEND_URI STORAGE
 
-.PHONY: install train rank-study test test-fast lint format ui server dashboard bench clean
+.PHONY: install train rank-study figures test test-fast lint format ui server dashboard bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,6 +22,9 @@ install: $(STAMP)  ## create .venv and install transferlab (editable) with its d
 
 train: $(STAMP)  ## the embedded default study: source -> target transfer vs scratch, offline
 	$(VENV)/bin/transferlab-train -cn digits_transfer $(ARGS)
+
+figures: $(STAMP)  ## the README's figures (docs/) from fresh runs of the shipped studies, ~25 min
+	$(PY) -m experiments.make_figures $(STUDIES)
 
 test: $(STAMP)  ## the whole suite (real training, real MLflow stores in temp dirs)
 	$(PY) -m pytest $(PYTEST_ARGS)

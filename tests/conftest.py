@@ -3,9 +3,11 @@ Hydra's compose API and run in-process (a new Python process costs ~10 s here)."
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import pytorch_lightning  # noqa: F401 - imported now: see below
@@ -123,6 +125,19 @@ def multirun(
         return 0
 
     return run
+
+
+@pytest.fixture
+def chromium() -> Path:
+    """Debian's Chromium; a test run without it skips, except in CI (.ci/run installs it).
+    Requested first, so that a skip starts no study and no server."""
+    from tests.helpers import CHROMIUM
+
+    if CHROMIUM.exists():
+        return CHROMIUM
+    if os.environ.get("CI"):
+        pytest.fail(f"{CHROMIUM} is missing in CI: .ci/run installs it (apt-get install chromium)")
+    pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium")
 
 
 @pytest.fixture

@@ -16,6 +16,18 @@ from torch import nn
 from transferlab.data.transforms import Preprocessing
 from transferlab.models.backbone import Backbone
 
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's: playwright downloads no browser
+CHROMIUM_ARGS = [  # headless, and nothing that reaches out of the machine
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
 
 def write_image_folder(root: Path, classes: dict[str, int], size: int = 12, seed: int = 0) -> Path:
     """root/<class>/<i>.png: each class a distinct brightness pattern, learnable in a few steps."""

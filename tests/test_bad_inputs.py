@@ -173,6 +173,13 @@ BAD: dict[str, list[Bad]] = {
         Bad("register.name=m register.alias=latest", ("register.alias='latest'", "refused")),
         Bad("register.name=m head=svm", ("register.name=m", "scikit-learn head")),
     ],
+    "report": [
+        Bad("report.kind=pie", ("report.kind='pie'", "auto, curve or bars")),
+        Bad("report.compare=linear_probe", ("report.compare='linear_probe'", "scratch")),
+        Bad("report.x=dataset.task.per_class", ("dataset.task.per_class", "no config key")),
+        Bad("report.compare={frooze:none}", ("'frooze'", "no config key or group")),
+        Bad("+report.colour=red", ("report.colour", "kind, metric, x")),
+    ],
     "checkpoint": [
         Bad("+checkpoint.every=2", ("checkpoint.every", "every_n_epochs")),
         Bad("checkpoint.every_n_epochs=0", ("checkpoint.every_n_epochs", ">= 1")),

@@ -24,20 +24,11 @@ import pytest
 import requests
 from PIL import Image
 
+from tests.helpers import CHROMIUM_ARGS
+
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [  # headless, and nothing that reaches out of the machine
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOTS_ENV = "TRANSFERLAB_SCREENSHOTS"  # a folder (docs): the README's picture goes there
 README_PICTURE = "mlflow-ui-study.png"
 # read before the test moves into its temporary folder: relative to where pytest started
@@ -55,17 +46,6 @@ localStorage.setItem("mlflow.assistant.fab.autoOpenedOnFirstLoad_v1", "true");
 localStorage.setItem("mlflow.assistant.panelOpen_v1", "false");
 """  # the MLflow Assistant panel opens on a first visit, over a third of the table
 ROWS = ".ag-pinned-left-cols-container .ag-row"  # the name column's rows: one per shown run
-
-
-@pytest.fixture
-def chromium() -> Path:
-    """Debian's Chromium; a test run without it skips, except in CI (.ci/run installs it).
-    Requested first, so that a skip starts no study and no server."""
-    if CHROMIUM.exists():
-        return CHROMIUM
-    if os.environ.get("CI"):
-        pytest.fail(f"{CHROMIUM} is missing in CI: .ci/run installs it (apt-get install chromium)")
-    pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium")
 
 
 @pytest.fixture

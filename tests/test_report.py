@@ -49,11 +49,10 @@ def test_a_sweep_report_holds_each_run_best_first_and_the_mean_over_seeds(
 ):
     path = report.write_report(sweep, tmp_path / "report", tracking_uri)
     assert path == tmp_path / "report" / "report.md"
-    for name in ("val_curves.png", "objective_vs_optimizer.lr.png"):
+    for name in ("val_curves.png", "figure.png", "figure.svg", "report.html"):
         assert (path.parent / name).stat().st_size > 0, name
-    assert not (path.parent / "objective_vs_seed.png").exists()  # seeds are not a setting
-    assert not list(path.parent.glob("choices_*.png"))  # no group choice varies: no bars
     text = path.read_text()
+    assert "![How does test/acc change with optimizer.lr?](figure.png)" in text  # seeds: no x
     assert text.startswith(
         f"# Report: sweep sweep (run {sweep})\n\n8 runs: 4 finished, 4 failed, 0 pruned"
     )
@@ -118,7 +117,7 @@ def test_a_sweep_report_holds_each_run_best_first_and_the_mean_over_seeds(
     assert first >= second
 
     logged = {a.path for a in client.list_artifacts(sweep, "report")}
-    assert {"report/report.md", "report/val_curves.png"} <= logged
+    assert {"report/report.md", "report/report.html", "report/val_curves.png"} <= logged
 
     by_name = report.write_report(experiment, tmp_path / "by_name", tracking_uri)
     named = tables(by_name.read_text())[RUNS]

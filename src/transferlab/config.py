@@ -27,6 +27,7 @@ from transferlab.config_targets import (
 from transferlab.config_values import check_plain_values
 from transferlab.errors import UserError
 from transferlab.objective import selection_of
+from transferlab.report_figures import check_report_config
 from transferlab.scrub import scrubbed, without_url_credentials
 from transferlab.stage_configs import derived_stages
 from transferlab.tracking.logged_model import check_register
@@ -38,6 +39,7 @@ def validate(cfg: DictConfig) -> None:
     run starts, as `source.*` / `scratch.*` merged onto the run's config."""
     check_plain_values(cfg)
     check_register(cfg)  # the job's model: the derived stages register none
+    check_report_config(cfg)  # the study's figure: drawn from every stage's runs
     stages = derived_stages(cfg)
     for role, stage in stages.items():
         _in_stage(role, check_plain_values, stage)

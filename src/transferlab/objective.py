@@ -27,6 +27,7 @@ NOT_RESULT_KEYS = (
     "output_dir",
     "tracking",
     "register",
+    "report",
     "experiment_name",
     "optimize_metric",
     "compare_scratch",

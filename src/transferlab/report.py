@@ -3,8 +3,11 @@
 
 The argument is a sweep's parent run id (its child runs are reported), a ranking's parent
 run id (transferlab-rank: its candidates best first per score) or an experiment name
-(its finetune / transfer runs). DIR gets report.md (every run, best first, then mean ± std
-over seeds) and PNG plots; a sweep's report is also logged to its parent run under report/,
+(its finetune / transfer runs). DIR gets report.md (the study's figure, every run best
+first, then mean ± std over seeds), the same as a self-contained report.html, and each
+figure as PNG and SVG. The figure is the one the runs declare (`report.*`, see
+report_figures), or as --kind / --x / --compare choose. A sweep's report is also logged to
+its parent run under report/,
 so it stays with the runs it describes, and its mean ± std over seeds as the parent's
 metrics (`test/acc mean tpc:2`), so that the parent's row in the MLflow UI shows them.
 
@@ -19,6 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from transferlab.errors import UserError, exits_on_user_error
+from transferlab.report_figures import KINDS, study_spec
+from transferlab.report_html import render_html
 from transferlab.report_markdown import render_markdown
 from transferlab.report_plots import write_plots
 from transferlab.report_ranking import ranking_run, write_ranking_report
@@ -33,14 +38,15 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     setup()
     with exits_on_user_error():
-        print(write_report(args.target, args.out, args.tracking_uri, args.metric))
+        figure = {"kind": args.kind, "x": args.x, "compare": args.compare}
+        print(write_report(args.target, args.out, args.tracking_uri, args.metric, figure))
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="transferlab-report",
         description="Summarise a sweep (its parent run id) or an experiment (its name) "
-        "from MLflow: report.md with tables of runs and PNG plots.",
+        "from MLflow: report.md and report.html with the study's figure and tables of runs.",
     )
     parser.add_argument("target", metavar="NAME_OR_RUN_ID", help="experiment name or run id")
     parser.add_argument("--out", required=True, help="folder for report.md and the plots")
@@ -51,13 +57,25 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--metric", help="objective to rank by (default: the runs' optimize_metric)"
     )
+    parser.add_argument("--kind", choices=KINDS, help="the figure (default: report.kind)")
+    parser.add_argument("--x", help="a curve's x axis, a swept number (default: report.x)")
+    parser.add_argument(
+        "--compare",
+        help="the baseline: scratch, or its setting as KEY=VALUE[,KEY=VALUE] "
+        "(default: report.compare)",
+    )
     return parser
 
 
 def write_report(
-    target: str, out: str | Path, tracking_uri: str | None = None, metric: str | None = None
+    target: str,
+    out: str | Path,
+    tracking_uri: str | None = None,
+    metric: str | None = None,
+    figure: dict[str, str | None] | None = None,
 ) -> Path:
-    """Writes DIR/report.md and the plots; returns the path of report.md."""
+    """Writes DIR/report.md, report.html and the figures; returns the path of report.md.
+    `figure`: report.* values that replace the runs' own (kind, x, compare)."""
     from mlflow.tracking import MlflowClient
 
     from transferlab.tracking.store import tracking_uri as resolve_uri
@@ -70,11 +88,15 @@ def write_report(
         return write_ranking_report(client, ranking, Path(out))
     title, runs, parent_id = select_runs(client, target)
     study = build_study(title, runs, metric)
+    spec = study_spec(study).overridden(**(figure or {}))
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
+    figures = write_plots(client, study, folder, spec)
     report = folder / "report.md"
-    report.write_text(render_markdown(study))
-    written = [report, *write_plots(client, study, folder)]
+    report.write_text(render_markdown(study, figures))
+    page = folder / "report.html"
+    page.write_text(render_html(study, figures))
+    written = [report, page, *(path for drawn in figures for path in drawn.files)]
     if parent_id is not None:  # a sweep: its parent shows the report, and its summary
         for path in written:
             client.log_artifact(parent_id, str(path), "report")

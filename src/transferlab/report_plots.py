@@ -1,109 +1,191 @@
-"""The report's PNG plots: the objective against each swept number, validation curves,
-and the objective per value of each categorical choice. matplotlib is imported only when
-a plot is drawn.
+"""Draws a report's figures (report_figures computes what they show): each as a 150 dpi PNG
+and an SVG, the legend outside the axes, the Okabe-Ito colour-blind-safe palette with one
+colour per choice across every figure of a report, the baseline grey and dashed or hatched.
+matplotlib is imported only when a figure is drawn.
 """
 
 from __future__ import annotations
 
-import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from transferlab.objective import GROUPS
-from transferlab.report_study import RunRow, Study
+from transferlab.report_figures import (
+    FigureData,
+    FigureSpec,
+    Series,
+    study_figure,
+    study_spec,
+    val_curves,
+)
+from transferlab.report_study import Study
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-
-def write_plots(client: MlflowClient, study: Study, folder: Path) -> list[Path]:
-    """Objective against each swept number, validation curves, and the objective per value
-    of each categorical choice; a plot with nothing to show is not written."""
-    numeric = [c for c in study.columns if c not in GROUPS and c != "seed" and _numeric(study, c)]
-    categorical = [c for c in study.columns if c != "seed" and c not in numeric]
-    plots = [plot_objective_vs(study, key, folder) for key in numeric]
-    plots.append(plot_val_curves(client, study, folder))
-    plots += [plot_choices(study, key, folder) for key in categorical]
-    return [path for path in plots if path is not None]
+# Okabe & Ito (2008): told apart under every common colour-vision deficiency; yellow last,
+# the faintest on white.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442")
+BASELINE_COLOUR = "#7f7f7f"
+DPI = 150
+SEED_ALPHA = 0.35  # single seeds: faint beside their mean
 
 
-def _numeric(study: Study, key: str) -> bool:
-    return all(_as_float(row.params[key]) is not None for row in study.rows if key in row.params)
+@dataclass(frozen=True)
+class DrawnFigure:
+    """A figure as drawn: its numbers, and its files (PNG first)."""
+
+    data: FigureData
+    files: tuple[Path, ...]
 
 
-def _as_float(value: str) -> float | None:
-    try:
-        return float(value)
-    except ValueError:
-        return None
+class Palette:
+    """One colour per choice across a report's figures, in the order first drawn; past
+    eight choices the colours repeat (a bar's label still names its setting)."""
+
+    def __init__(self) -> None:
+        self._colours: dict[str, str] = {}
+
+    def colour(self, series: Series) -> str:
+        if series.baseline:
+            return BASELINE_COLOUR
+        key = series.colour_key or series.label
+        if key not in self._colours:
+            self._colours[key] = PALETTE[len(self._colours) % len(PALETTE)]
+        return self._colours[key]
 
 
-def _scored(study: Study, key: str) -> list[tuple[str, float]]:
-    """(value of `key`, objective) of each finished run that has both."""
-    return [
-        (row.params[key], row.objective)
+def write_plots(
+    client: MlflowClient, study: Study, folder: Path, spec: FigureSpec | None = None
+) -> list[DrawnFigure]:
+    """The study's figure (as its runs declare it, or `spec`) and its validation curves."""
+    palette = Palette()
+    figures = [study_figure(study, spec or study_spec(study))]
+    histories = {
+        row.run_id: [(m.step, m.value) for m in client.get_metric_history(row.run_id, "val/acc")]
         for row in study.rows
-        if row.status == "FINISHED" and row.objective is not None and key in row.params
-    ]
+        if row.status == "FINISHED"
+    }
+    epochs = val_curves(study, histories)
+    if epochs.series:
+        figures.append(epochs)
+    return [DrawnFigure(figure, draw(figure, folder, palette)) for figure in figures]
 
 
-def plot_objective_vs(study: Study, key: str, folder: Path) -> Path | None:
-    points = [(float(value), score) for value, score in _scored(study, key)]
-    if not points:
-        return None
-    fig, ax = pyplot().subplots(figsize=(5, 4))
-    by_value = _by_value(points)
-    xs = list(by_value)
-    ax.scatter(*zip(*points, strict=True), alpha=0.7, label="runs")
-    ax.plot(xs, [statistics.mean(v) for v in by_value.values()], "o-", label="mean")
-    if min(xs) > 0 and max(xs) / min(xs) > 100:  # over 2 decades
-        ax.set_xscale("log")
-    ax.set(xlabel=key, ylabel=study.metric, title=f"{study.metric} vs {key}")
-    ax.legend()
-    return save_figure(fig, folder / f"objective_vs_{key}.png")
+def draw(figure: FigureData, folder: Path, palette: Palette) -> tuple[Path, ...]:
+    drawn = _draw_bars if figure.kind == "bars" else _draw_lines
+    fig = drawn(figure, palette)
+    return save_png_and_svg(fig, folder / figure.name)
 
 
-def plot_val_curves(client: MlflowClient, study: Study, folder: Path) -> Path | None:
-    curves = {row.run_id: client.get_metric_history(row.run_id, "val/acc") for row in study.rows}
-    if not any(curves.values()):
-        return None
-    fig, ax = pyplot().subplots(figsize=(6, 4))
-    for row in study.rows:
-        history = sorted(curves[row.run_id], key=lambda m: m.step)
-        if history:
-            steps, values = [m.step for m in history], [m.value for m in history]
-            ax.plot(steps, values, marker=".", label=_label(row, study.columns))
-    ax.set(xlabel="epoch", ylabel="val/acc", title="Validation accuracy per epoch")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    if len(ax.lines) <= 12:  # beyond that a legend hides the curves
-        ax.legend(fontsize="small")
-    return save_figure(fig, folder / "val_curves.png")
+def _draw_lines(figure: FigureData, palette: Palette):
+    """A curve (error bars at each x) or the validation curves (a ± std band)."""
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.0))
+    for series in figure.series:
+        colour = palette.colour(series)
+        xs = [p.x for p in series.points]
+        means = [p.mean for p in series.points]
+        stds = [p.std for p in series.points]
+        n = max(p.n for p in series.points)
+        label = f"{series.label}{' (baseline)' * series.baseline} (n={n})"
+        style = "--" if series.baseline else "-"
+        if figure.kind == "curve":
+            ax.errorbar(xs, means, yerr=stds, fmt="o" + style, color=colour, capsize=4, label=label)
+            for point in series.points:
+                ax.scatter(
+                    [point.x] * point.n,
+                    point.values,
+                    s=12,
+                    color=colour,
+                    alpha=SEED_ALPHA,
+                    linewidths=0,
+                )
+        else:
+            ax.plot(xs, means, style, color=colour, label=label)
+            lows = [m - s for m, s in zip(means, stds, strict=True)]
+            highs = [m + s for m, s in zip(means, stds, strict=True)]
+            ax.fill_between(xs, lows, highs, color=colour, alpha=0.15, linewidth=0)
+    if figure.kind == "curve":  # ticks at the values swept
+        if figure.log_x:
+            ax.set_xscale("log")
+        ticks = sorted({p.x for s in figure.series for p in s.points})
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+    else:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set(xlabel=figure.x_label, ylabel=figure.y_label, title=figure.title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize="small")
+    return fig
 
 
-def plot_choices(study: Study, key: str, folder: Path) -> Path | None:
-    """Mean ± std of the objective per value: written when at least two values scored."""
-    by_value = _by_value(_scored(study, key))
-    if len(by_value) < 2:
-        return None
-    means = [statistics.mean(v) for v in by_value.values()]
-    stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in by_value.values()]
-    fig, ax = pyplot().subplots(figsize=(max(4.0, 0.8 * len(by_value) + 2), 4))
-    ax.bar([str(v) for v in by_value], means, yerr=stds, capsize=4)
-    ax.set(xlabel=key, ylabel=study.metric, title=f"{study.metric} by {key} (mean ± std)")
-    ax.tick_params(axis="x", labelrotation=30 if len(by_value) > 4 else 0)
-    return save_figure(fig, folder / f"choices_{key}.png")
+def _draw_bars(figure: FigureData, palette: Palette):
+    """Horizontal bars, best at the top, with error bars and the seeds as dots; the cost
+    of each setting in a second panel on the same rows."""
+    count = len(figure.series)
+    panels = 2 if figure.cost else 1
+    fig, axes = pyplot().subplots(
+        1,
+        panels,
+        figsize=(7.5 if panels == 2 else 6.0, 1.2 + 0.32 * count),
+        sharey=True,
+        squeeze=False,
+        gridspec_kw={"width_ratios": [3, 1.4][:panels]},
+    )
+    rows = {series.label: count - 1 - i for i, series in enumerate(figure.series)}
+    _bar_panel(axes[0][0], figure.series, rows, palette)
+    baseline = next((s for s in figure.series if s.baseline), None)
+    if baseline is not None:  # the best baseline's mean, across every bar
+        line = axes[0][0].axvline(
+            baseline.points[0].mean,
+            color=BASELINE_COLOUR,
+            linestyle="--",
+            linewidth=1,
+            label=f"baseline: {baseline.label}",
+        )
+        axes[0][-1].legend(
+            handles=[line],
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            frameon=False,
+            fontsize="small",
+        )
+    axes[0][0].set_yticks(
+        list(rows.values()), [f"{s.label} (n={s.points[0].n})" for s in figure.series]
+    )
+    axes[0][0].set(xlabel=figure.x_label, title=figure.title if panels == 1 else None)
+    if panels == 2:
+        _bar_panel(axes[0][1], figure.cost, rows, palette)
+        axes[0][1].set(xlabel=figure.cost_label)
+        fig.suptitle(figure.title)
+    return fig
 
 
-def _by_value(points: list[tuple]) -> dict:
-    """Objectives grouped by value, values in order."""
-    grouped: dict = {}
-    for value, score in sorted(points):
-        grouped.setdefault(value, []).append(score)
-    return grouped
-
-
-def _label(row: RunRow, columns: list[str]) -> str:
-    return " ".join(f"{c}={row.params.get(c, '')}" for c in columns) or row.name
+def _bar_panel(ax, bars: tuple[Series, ...], rows: dict[str, int], palette: Palette) -> None:
+    for series in bars:
+        point = series.points[0]
+        row = rows[series.label]
+        colour = palette.colour(series)
+        ax.barh(
+            row,
+            point.mean,
+            xerr=point.std,
+            color=colour,
+            alpha=0.85,
+            capsize=3,
+            hatch="//" if series.baseline else None,
+            edgecolor="white",
+        )
+        ax.scatter(
+            point.values,
+            [row] * point.n,
+            s=10,
+            color="black",
+            alpha=SEED_ALPHA,
+            linewidths=0,
+            zorder=3,
+        )
+    ax.grid(axis="x", alpha=0.3)
 
 
 def pyplot():
@@ -112,11 +194,27 @@ def pyplot():
     matplotlib.use("Agg")  # headless: servers and CI
     import matplotlib.pyplot as plt
 
+    plt.rcParams["svg.hashsalt"] = "transferlab"  # the same SVG for the same figure
     return plt
 
 
 def save_figure(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    """One file (a PNG at 150 dpi; what `path` ends in), the legend outside the axes kept
+    in it; closes the figure."""
+    _write(fig, path)
     pyplot().close(fig)
     return path
+
+
+def save_png_and_svg(fig, stem: Path) -> tuple[Path, ...]:
+    """`stem`.png and `stem`.svg (for a page that scales it); closes the figure."""
+    paths = (stem.with_suffix(".png"), stem.with_suffix(".svg"))
+    for path in paths:
+        _write(fig, path)
+    pyplot().close(fig)
+    return paths
+
+
+def _write(fig, path: Path) -> None:
+    metadata = {"Date": None} if path.suffix == ".svg" else None  # the same file each time
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", metadata=metadata)

@@ -60,13 +60,16 @@ def run_tags(cfg: DictConfig, role: str) -> dict[str, str]:
 
 
 def group_choices() -> dict[str, str]:
-    """Which file of each config group was picked (empty outside a Hydra app)."""
+    """Which file of each config group was picked (empty outside a Hydra app); a study's
+    own group (experiments/domain_method) where the sweep varies it, so that the report
+    can name a setting by it."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return {}
     choices = HydraConfig.get().runtime.choices
-    return {g: str(choices[g]) for g in GROUPS if g in choices}
+    swept = os.environ.get(SWEPT_KEYS_ENV, "").split(",")  # a study's own group: domain_method
+    return {g: str(choices[g]) for g in (*GROUPS, *swept) if g in choices}
 
 
 def run_name(cfg: DictConfig, choices: dict[str, str], role: str, suffix: str = "") -> str:
