@@ -119,7 +119,7 @@ def test_the_learning_curve_holds_method_and_scratch_means_and_stds_over_seeds(
 
 
 def test_bars_rank_the_settings_with_the_declared_baseline_and_the_cost_beside(
-    study_parent, client, tmp_path
+    study_parent, client, tracking_uri, tmp_path
 ):
     finished = jobs(client, study_parent)
     title, selected, _ = select_runs(client, study_parent)
@@ -147,6 +147,12 @@ def test_bars_rank_the_settings_with_the_declared_baseline_and_the_cost_beside(
 
     with pytest.raises(UserError, match=r"report.compare=\{'freeze': 'lora'\} matches no"):
         write_plots(client, study, tmp_path, FigureSpec(kind="bars", compare={"freeze": "lora"}))
+    # a sweep's own report (strict=False): the rest of the report, without that figure
+    lenient = tmp_path / "lenient"
+    report.write_report(
+        study_parent, lenient, tracking_uri, None, {"compare": "freeze=lora"}, False
+    )
+    assert (lenient / "val_curves.png").exists() and not (lenient / "figure.png").exists()
     with pytest.raises(UserError, match=r"report\.x=seed: not a number the runs vary in; they"):
         write_plots(client, study, tmp_path, FigureSpec(x="seed"))
 

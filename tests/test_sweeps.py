@@ -48,7 +48,7 @@ def test_grid_multirun_is_one_study_and_survives_a_failing_job(tmp_path):
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert artifacts == {"multirun.yaml", "report"}
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert {"report/report.md", "report/val_curves.png", "report/choices_freeze.png"} <= report
+    assert {"report/report.md", "report/report.html", "report/figure.png"} <= report
     best = max(finished, key=lambda r: r.data.metrics["val/acc_best"])
     assert parent.data.tags["transferlab.best_run_id"] == best.info.run_id
     assert parent.data.metrics["best/val/acc"] == best.data.metrics["val/acc_best"]

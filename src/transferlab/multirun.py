@@ -40,7 +40,7 @@ class SweepTracking(Callback):
         try:
             if summary:  # the report's table and plots, as artifacts of the parent
                 folder = Path(config.hydra.sweep.dir) / "report"
-                write_report(sweep.run_id, folder, sweep.tracker.uri, metric)
+                write_report(sweep.run_id, folder, sweep.tracker.uri, metric, strict=False)
         finally:  # a report that fails leaves no parent run RUNNING
             sweep.finish()
         print_summary(counts, summary, metric, sweep.run_id)

@@ -73,9 +73,11 @@ def write_report(
     tracking_uri: str | None = None,
     metric: str | None = None,
     figure: dict[str, str | None] | None = None,
+    strict: bool = True,
 ) -> Path:
     """Writes DIR/report.md, report.html and the figures; returns the path of report.md.
-    `figure`: report.* values that replace the runs' own (kind, x, compare)."""
+    `figure`: report.* values that replace the runs' own (kind, x, compare); `strict`:
+    False writes the rest of the report when the study's figure cannot be drawn."""
     from mlflow.tracking import MlflowClient
 
     from transferlab.tracking.store import tracking_uri as resolve_uri
@@ -88,10 +90,10 @@ def write_report(
         return write_ranking_report(client, ranking, Path(out))
     title, runs, parent_id = select_runs(client, target)
     study = build_study(title, runs, metric)
-    spec = study_spec(study).overridden(**(figure or {}))
+    spec = study_spec(study).overridden(**figure) if figure else None  # None: the runs'
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    figures = write_plots(client, study, folder, spec)
+    figures = write_plots(client, study, folder, spec, strict)
     report = folder / "report.md"
     report.write_text(render_markdown(study, figures))
     page = folder / "report.html"

@@ -17,7 +17,7 @@ from typing import Any
 from transferlab.errors import UserError, one_of
 from transferlab.objective import GROUPS, lower_is_better, objective_value
 from transferlab.report_study import RunRow, Study
-from transferlab.tracking.sweep import short_keys
+from transferlab.tracking.sweep import short_keys, short_value
 
 KINDS = ("auto", "curve", "bars")
 SCRATCH = "scratch"  # report.compare: the scratch model compare_scratch trains beside each run
@@ -253,26 +253,31 @@ def _as_float(value: str) -> float | None:
 
 def label_columns(study: Study, exclude: tuple[str, ...] = ()) -> list[str]:
     """The varying keys that name a setting, without those the others already tell apart
-    (in a domain-adaptation study, `dataset` and `adapt` follow from `domain_method`)."""
+    (in a domain-adaptation study, `dataset` and `adapt` follow from `domain_method`); the
+    one with the most values first: the method a bar's colour and label lead with."""
     columns = [c for c in _setting_keys(study) if c not in exclude]
     distinct = len({_values(row, columns) for row in study.rows})
     for column in list(columns):
         fewer = [c for c in columns if c != column]
         if len({_values(row, fewer) for row in study.rows}) == distinct:
             columns = fewer
-    return columns
+    return sorted(columns, key=lambda c: -len({row.params.get(c) for row in study.rows}))
 
 
 def _values(row: RunRow, columns: list[str]) -> tuple[str, ...]:
     return tuple(row.params.get(c, "") for c in columns)
 
 
-def setting_label(row: RunRow, columns: list[str]) -> str:
-    """`freeze=lora tpc=2`, keys as a run's name shows them; a single key's value alone."""
+def setting_label(row: RunRow, columns: list[str], short: bool = True) -> str:
+    """`freeze=lora tpc=2 lr=0.001`, as a run's name shows keys and values; a single key's
+    value alone."""
+    values = [row.params.get(c, "") for c in columns]
+    if short:
+        values = [short_value(v) for v in values]
     if len(columns) == 1:
-        return row.params.get(columns[0], "")
-    short = short_keys(columns)
-    return " ".join(f"{short[c]}={row.params.get(c, '')}" for c in columns)
+        return values[0]
+    keys = short_keys(columns)
+    return " ".join(f"{keys[c]}={v}" for c, v in zip(columns, values, strict=True))
 
 
 def _is_baseline(row: RunRow, compare: FigureSpec | None) -> bool:
@@ -306,21 +311,14 @@ def _curve(study: Study, spec: FigureSpec, rows: list[RunRow], metric: str, x: s
     if spec.compare == SCRATCH:
         transfer = any(r.params.get("role", "").startswith("transfer") for r in rows)
         method = "transfer" if transfer else "fine-tune"
-    lines: dict[tuple[str, bool], dict[float, list[float]]] = {}
-    for row in rows:
-        setting = setting_label(row, columns)
-        at = float(row.params[x])
-        found = [(" ".join(filter(None, [method, setting])), _value(row, metric), False)]
+    lines = []
+    for setting, group in _labelled_groups(rows, columns):
+        label = " ".join(filter(None, [method, setting])) or metric
+        lines.append(_along(x, label, group, metric, _is_baseline(group[0], spec)))
         if spec.compare == SCRATCH:
-            found.append((" ".join(filter(None, [SCRATCH, setting])), _scratch(row, metric), True))
-        for label, value, scratch in found:
-            if value is not None:
-                key = (label or metric, scratch or _is_baseline(row, spec))
-                lines.setdefault(key, {}).setdefault(at, []).append(value)
-    series = tuple(
-        Series(label, tuple(Point(at, tuple(v)) for at, v in sorted(by_x.items())), baseline, label)
-        for (label, baseline), by_x in lines.items()
-    )
+            scratch = " ".join(filter(None, [SCRATCH, setting]))
+            lines.append(_along(x, scratch, group, f"{SCRATCH}/{metric}", True))
+    series = tuple(line for line in lines if line is not None)
     xs = [p.x for s in series for p in s.points]
     x_label = spec.x_label or x
     title = spec.title or (
@@ -340,45 +338,53 @@ def _curve(study: Study, spec: FigureSpec, rows: list[RunRow], metric: str, x: s
     )
 
 
-def _scratch(row: RunRow, metric: str) -> float | None:
-    return _value(row, f"{SCRATCH}/{metric}")
+def _labelled_groups(rows: list[RunRow], columns: list[str]) -> list[tuple[str, list[RunRow]]]:
+    """The runs of each setting (their values of `columns`), in the order first seen, with
+    its label: short values (`lr=0.001`), in full where two short ones would read the same."""
+    groups: dict[tuple[str, ...], list[RunRow]] = {}
+    for row in rows:
+        groups.setdefault(_values(row, columns), []).append(row)
+    labels = [setting_label(group[0], columns) for group in groups.values()]
+    if len(set(labels)) < len(labels):
+        labels = [setting_label(group[0], columns, short=False) for group in groups.values()]
+    return list(zip(labels, groups.values(), strict=True))
+
+
+def _along(x: str, label: str, rows: list[RunRow], metric: str, baseline: bool) -> Series | None:
+    """The runs' `metric` at each value of `x`, a point per value; None if none logged it."""
+    by_x: dict[float, list[float]] = {}
+    for row in rows:
+        value = _value(row, metric)
+        if value is not None:
+            by_x.setdefault(float(row.params[x]), []).append(value)
+    points = tuple(Point(at, tuple(values)) for at, values in sorted(by_x.items()))
+    return Series(label, points, baseline, label) if points else None
 
 
 def _bars(study: Study, spec: FigureSpec, rows: list[RunRow], metric: str) -> FigureData:
     spec = _compare(spec, rows, metric)
     columns = label_columns(study)
-    grouped: dict[str, list[RunRow]] = {}
-    for row in rows:
-        grouped.setdefault(setting_label(row, columns) or metric, []).append(row)
-    bars = [
-        Series(
-            label,
-            (Point(label, _present(group, metric)),),
-            _is_baseline(group[0], spec),
-            _colour_key(group[0], columns, label),
-        )
-        for label, group in grouped.items()
-    ]
-    if spec.compare == SCRATCH:
-        for label, group in grouped.items():
-            values = tuple(v for v in (_scratch(r, metric) for r in group) if v is not None)
-            if values:
-                name = f"{SCRATCH} ({label})" if columns else SCRATCH
-                bars.append(Series(name, (Point(name, values),), True, SCRATCH))
-    higher = not lower_is_better(metric)
-    bars.sort(key=lambda s: s.points[0].mean, reverse=higher)
     cost_metric = _cost_metric(spec, rows)
-    cost = ()
-    if cost_metric is not None:
-        costs = [(s, _present(grouped.get(s.label, []), cost_metric)) for s in bars]
-        cost = tuple(  # a scratch bar's cost is not logged: none drawn
-            Series(s.label, (Point(s.label, values),), s.baseline, s.colour_key)
-            for s, values in costs
-            if values
-        )
+    bars: list[tuple[Series, tuple[float, ...]]] = []  # each bar with its cost's values
+    for setting, group in _labelled_groups(rows, columns):
+        label = setting or metric
+        bar = Point(label, _present(group, metric))
+        key = _colour_key(group[0], columns, label)
+        cost = _present(group, cost_metric) if cost_metric else ()
+        bars.append((Series(label, (bar,), _is_baseline(group[0], spec), key), cost))
+        scratch = _present(group, f"{SCRATCH}/{metric}") if spec.compare == SCRATCH else ()
+        if scratch:  # its cost is not logged: none drawn
+            name = f"{SCRATCH} ({label})" if columns else SCRATCH
+            bars.append((Series(name, (Point(name, scratch),), True, SCRATCH), ()))
+    bars.sort(key=lambda bar: bar[0].points[0].mean, reverse=not lower_is_better(metric))
+    costs = tuple(
+        Series(bar.label, (Point(bar.label, cost),), bar.baseline, bar.colour_key)
+        for bar, cost in bars
+        if cost
+    )
     what = ", ".join(short_keys(columns).values()) or "setting"
     title = spec.title or (
-        f"Which {what} gives the best {metric}" + (", at what cost?" if cost else "?")
+        f"Which {what} gives the best {metric}" + (", at what cost?" if costs else "?")
     )
     return FigureData(
         "bars",
@@ -386,10 +392,10 @@ def _bars(study: Study, spec: FigureSpec, rows: list[RunRow], metric: str) -> Fi
         title,
         axis_label(metric),
         what,
-        tuple(bars),
-        cost_label=axis_label(cost_metric) if cost_metric else None,
-        cost=cost,
-        caption=_caption(tuple(bars)),
+        tuple(bar for bar, _ in bars),
+        cost_label=axis_label(cost_metric) if costs else None,
+        cost=costs,
+        caption=_caption(tuple(bar for bar, _ in bars)),
     )
 
 
@@ -398,8 +404,8 @@ def _present(rows: list[RunRow], metric: str) -> tuple[float, ...]:
 
 
 def _colour_key(row: RunRow, columns: list[str], label: str) -> str:
-    """A bar's colour: the value of the first key that names its setting, so that every
-    bar of one choice (freeze=lora) shares it."""
+    """A bar's colour: its value of the key with the most values (label_columns' first), so
+    that every bar of one method (freeze=lora) shares it."""
     return f"{columns[0]}={row.params.get(columns[0], '')}" if columns else label
 
 

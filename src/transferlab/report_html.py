@@ -15,8 +15,9 @@ STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 78em; color: #222; }
 figure { margin: 1.5em 0; } figure svg { max-width: 100%; height: auto; }
 figcaption { color: #555; font-style: italic; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 13px; }
-th, td { border-bottom: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; }
+div.table { overflow-x: auto; } table { border-collapse: collapse; margin: 1em 0; font-size: 13px; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left;
+  white-space: nowrap; }
 th { cursor: pointer; background: #f4f4f4; user-select: none; }
 th[aria-sort=ascending]::after { content: " \\25B2"; }
 th[aria-sort=descending]::after { content: " \\25BC"; }
@@ -86,7 +87,8 @@ def _inline(svg: str) -> str:
 def _table(header: list[str], body: list[list[str]]) -> str:
     head = "".join(f"<th>{escape(cell)}</th>" for cell in header)
     rows = "".join("<tr>" + "".join(_cell(str(cell)) for cell in cells) + "</tr>" for cells in body)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    return f'<div class="table">{table}</div>'  # a wide table scrolls, the page does not
 
 
 def _cell(text: str) -> str:

@@ -6,10 +6,14 @@ matplotlib is imported only when a figure is drawn.
 
 from __future__ import annotations
 
+import io
+import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from transferlab.errors import UserError
 from transferlab.report_figures import (
     FigureData,
     FigureSpec,
@@ -28,6 +32,9 @@ if TYPE_CHECKING:
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442")
 BASELINE_COLOUR = "#7f7f7f"
 DPI = 150
+PNG_COLOURS = 128
+LEGEND_COLUMN_CHARS = 40  # longer legend labels: one column
+DODGE = 0.012  # a curve's series drawn this share of the x axis apart
 SEED_ALPHA = 0.35  # single seeds: faint beside their mean
 
 
@@ -56,11 +63,23 @@ class Palette:
 
 
 def write_plots(
-    client: MlflowClient, study: Study, folder: Path, spec: FigureSpec | None = None
+    client: MlflowClient,
+    study: Study,
+    folder: Path,
+    spec: FigureSpec | None = None,
+    strict: bool = True,
 ) -> list[DrawnFigure]:
-    """The study's figure (as its runs declare it, or `spec`) and its validation curves."""
+    """The study's figure (as its runs declare it, or `spec`) and its validation curves.
+    A figure the runs cannot give (its baseline's runs all failed) is an error, or with
+    `strict=False` (a sweep's own report, after hours of jobs) a warning and no figure."""
     palette = Palette()
-    figures = [study_figure(study, spec or study_spec(study))]
+    figures = []
+    try:
+        figures.append(study_figure(study, spec or study_spec(study)))
+    except UserError as error:
+        if strict:
+            raise
+        logging.getLogger(__name__).warning("the study's figure is not drawn: %s", error)
     histories = {
         row.run_id: [(m.step, m.value) for m in client.get_metric_history(row.run_id, "val/acc")]
         for row in study.rows
@@ -80,20 +99,24 @@ def draw(figure: FigureData, folder: Path, palette: Palette) -> tuple[Path, ...]
 
 def _draw_lines(figure: FigureData, palette: Palette):
     """A curve (error bars at each x) or the validation curves (a ± std band)."""
-    fig, ax = pyplot().subplots(figsize=(6.4, 4.0))
-    for series in figure.series:
+    labels = [_legend_label(series) for series in figure.series]
+    columns = 1 if max(len(label) for label in labels) > LEGEND_COLUMN_CHARS else 2
+    legend_rows = math.ceil(len(labels) / columns)  # under the axes: the title keeps its width
+    size = (6.4, 4.0 + 0.2 * legend_rows)
+    fig, ax = pyplot().subplots(figsize=size, layout="constrained")
+    for index, (series, label) in enumerate(zip(figure.series, labels, strict=True)):
         colour = palette.colour(series)
         xs = [p.x for p in series.points]
+        if figure.kind == "curve":
+            xs = _dodged(xs, index, figure)
         means = [p.mean for p in series.points]
         stds = [p.std for p in series.points]
-        n = max(p.n for p in series.points)
-        label = f"{series.label}{' (baseline)' * series.baseline} (n={n})"
         style = "--" if series.baseline else "-"
         if figure.kind == "curve":
             ax.errorbar(xs, means, yerr=stds, fmt="o" + style, color=colour, capsize=4, label=label)
-            for point in series.points:
+            for x, point in zip(xs, series.points, strict=True):
                 ax.scatter(
-                    [point.x] * point.n,
+                    [x] * point.n,
                     point.values,
                     s=12,
                     color=colour,
@@ -113,10 +136,31 @@ def _draw_lines(figure: FigureData, palette: Palette):
         ax.minorticks_off()
     else:
         ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set(xlabel=figure.x_label, ylabel=figure.y_label, title=figure.title)
+    ax.set(xlabel=figure.x_label, ylabel=figure.y_label)
+    ax.set_title(figure.title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize="small")
+    fig.legend(loc="outside lower center", ncols=columns, frameon=False, fontsize="small")
     return fig
+
+
+def _legend_label(series: Series) -> str:
+    n = max(p.n for p in series.points)
+    return f"{series.label}{' (baseline)' * series.baseline} (n={n})"
+
+
+def _dodged(xs: list, index: int, figure: FigureData) -> list[float]:
+    """A curve's x values drawn a little aside per series (DODGE of the axis per step), so
+    that error bars at the same x do not hide each other; the data keep the true x."""
+    shift = DODGE * (index - (len(figure.series) - 1) / 2)
+    if figure.log_x:
+        return [x * 10 ** (shift * _decades(figure)) for x in xs]
+    every = [p.x for s in figure.series for p in s.points]
+    return [x + shift * (max(every) - min(every) or 1.0) for x in xs]
+
+
+def _decades(figure: FigureData) -> float:
+    every = [p.x for s in figure.series for p in s.points]
+    return math.log10(max(every) / min(every)) or 1.0
 
 
 def _draw_bars(figure: FigureData, palette: Palette):
@@ -127,7 +171,8 @@ def _draw_bars(figure: FigureData, palette: Palette):
     fig, axes = pyplot().subplots(
         1,
         panels,
-        figsize=(7.5 if panels == 2 else 6.0, 1.2 + 0.32 * count),
+        figsize=(_label_inches(figure.series) + 4.5 + 2.5 * (panels - 1), 1.3 + 0.26 * count),
+        layout="constrained",
         sharey=True,
         squeeze=False,
         gridspec_kw={"width_ratios": [3, 1.4][:panels]},
@@ -143,13 +188,7 @@ def _draw_bars(figure: FigureData, palette: Palette):
             linewidth=1,
             label=f"baseline: {baseline.label}",
         )
-        axes[0][-1].legend(
-            handles=[line],
-            loc="upper left",
-            bbox_to_anchor=(1.02, 1.0),
-            frameon=False,
-            fontsize="small",
-        )
+        fig.legend(handles=[line], loc="outside lower center", frameon=False, fontsize="small")
     axes[0][0].set_yticks(
         list(rows.values()), [f"{s.label} (n={s.points[0].n})" for s in figure.series]
     )
@@ -159,6 +198,11 @@ def _draw_bars(figure: FigureData, palette: Palette):
         axes[0][1].set(xlabel=figure.cost_label)
         fig.suptitle(figure.title)
     return fig
+
+
+def _label_inches(bars: tuple[Series, ...]) -> float:
+    """Room for the longest bar label at the default 10 pt (about 0.075 in a character)."""
+    return 0.075 * max(len(f"{s.label} (n=0)") for s in bars)
 
 
 def _bar_panel(ax, bars: tuple[Series, ...], rows: dict[str, int], palette: Palette) -> None:
@@ -216,5 +260,13 @@ def save_png_and_svg(fig, stem: Path) -> tuple[Path, ...]:
 
 
 def _write(fig, path: Path) -> None:
-    metadata = {"Date": None} if path.suffix == ".svg" else None  # the same file each time
-    fig.savefig(path, dpi=DPI, bbox_inches="tight", metadata=metadata)
+    if path.suffix != ".png":
+        fig.savefig(path, dpi=DPI, bbox_inches="tight", metadata={"Date": None})  # reproducible
+        return
+    from PIL import Image
+
+    drawn = io.BytesIO()
+    fig.savefig(drawn, format="png", dpi=DPI, bbox_inches="tight")
+    # a chart's few flat colours in a palette of PNG_COLOURS: a third of the bytes, the same look
+    image = Image.open(drawn).convert("RGB").quantize(PNG_COLOURS, Image.Quantize.MEDIANCUT)
+    image.save(path, optimize=True, dpi=(DPI, DPI))
