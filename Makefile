@@ -23,7 +23,7 @@ install: $(STAMP)  ## create .venv and install transferlab (editable) with its d
 train: $(STAMP)  ## the embedded default study: source -> target transfer vs scratch, offline
 	$(VENV)/bin/transferlab-train -cn digits_transfer $(ARGS)
 
-figures: $(STAMP)  ## the README's figures (docs/) from fresh runs of the shipped studies, ~25 min
+figures: $(STAMP)  ## the README's figures (docs/) from fresh runs of the shipped studies, ~45 min
 	$(PY) -m experiments.make_figures $(STUDIES)
 
 test: $(STAMP)  ## the whole suite (real training, real MLflow stores in temp dirs)

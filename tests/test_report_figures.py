@@ -58,14 +58,22 @@ def plotted(series: Series) -> dict:
     return {p.x: (p.mean, p.std, p.n) for p in series.points}
 
 
-def test_the_learning_curve_holds_method_and_scratch_means_and_stds_over_seeds(
+def test_a_real_study_s_figures_hold_its_means_stds_and_baselines(
     study_parent, client, tracking_uri, tmp_path
 ):
+    """One sweep for both kinds of figure: each job trains twice (with its scratch model)."""
+    check_the_learning_curve(study_parent, client, tracking_uri, tmp_path / "curve")
+    check_the_bars(study_parent, client, tracking_uri, tmp_path / "bars")
+
+
+def check_the_learning_curve(study_parent, client, tracking_uri, folder) -> None:
+    """Method and scratch along the swept budget, each point the mean ± std of its seeds."""
+    folder.mkdir()
     finished = jobs(client, study_parent)
     assert len(finished) == 8 and {r.info.status for r in finished} == {"FINISHED"}
     title, selected, _ = select_runs(client, study_parent)
     study = build_study(title, selected)
-    drawn = write_plots(client, study, tmp_path)  # the declaration the runs logged: defaults
+    drawn = write_plots(client, study, folder)  # the declaration the runs logged: defaults
     curve, epochs = (figure.data for figure in drawn)
     assert curve.kind == "curve" and curve.x_label == TPC and curve.log_x is False  # 2..4
     assert curve.y_label == "test/acc (fraction correct)"
@@ -114,18 +122,18 @@ def test_the_learning_curve_holds_method_and_scratch_means_and_stds_over_seeds(
         "report/figure.svg",
         "report/val_curves.png",
     } <= logged
-    text = report.write_report(study_parent, tmp_path / "again", tracking_uri).read_text()
+    text = report.write_report(study_parent, folder / "again", tracking_uri).read_text()
     assert "![Does transfer beat training from scratch" in text and "(figure.png)" in text
 
 
-def test_bars_rank_the_settings_with_the_declared_baseline_and_the_cost_beside(
-    study_parent, client, tracking_uri, tmp_path
-):
+def check_the_bars(study_parent, client, tracking_uri, folder) -> None:
+    """A bar per setting, best first, the declared baseline marked, its cost beside it."""
+    folder.mkdir()
     finished = jobs(client, study_parent)
     title, selected, _ = select_runs(client, study_parent)
     study = build_study(title, selected)
     spec = FigureSpec(kind="bars", compare={"freeze": "linear_probe"})
-    bars, _ = (figure.data for figure in write_plots(client, study, tmp_path, spec))
+    bars, _ = (figure.data for figure in write_plots(client, study, folder, spec))
     assert bars.kind == "bars" and bars.cost_label.startswith("model/params_trainable_pct")
     means = [s.points[0].mean for s in bars.series]
     assert means == sorted(means, reverse=True)  # best at the top
@@ -146,15 +154,15 @@ def test_bars_rank_the_settings_with_the_declared_baseline_and_the_cost_beside(
     assert costs[probe.label].mean < 50 < costs["freeze=none tpc=2"].mean  # frozen backbone
 
     with pytest.raises(UserError, match=r"report.compare=\{'freeze': 'lora'\} matches no"):
-        write_plots(client, study, tmp_path, FigureSpec(kind="bars", compare={"freeze": "lora"}))
+        write_plots(client, study, folder, FigureSpec(kind="bars", compare={"freeze": "lora"}))
     # a sweep's own report (strict=False): the rest of the report, without that figure
-    lenient = tmp_path / "lenient"
+    lenient = folder / "lenient"
     report.write_report(
         study_parent, lenient, tracking_uri, None, {"compare": "freeze=lora"}, False
     )
     assert (lenient / "val_curves.png").exists() and not (lenient / "figure.png").exists()
     with pytest.raises(UserError, match=r"report\.x=seed: not a number the runs vary in; they"):
-        write_plots(client, study, tmp_path, FigureSpec(x="seed"))
+        write_plots(client, study, folder, FigureSpec(x="seed"))
 
 
 def test_a_label_names_a_setting_by_the_fewest_keys_that_tell_settings_apart():

@@ -55,6 +55,7 @@ UNSENT_GLOB = "mlflow-unsent-*.jsonl"
 IMPORT_COMMAND = "python -m transferlab.tracking.unsent"
 FINDABLE = 20  # runs find_finished_run checks: planted runs cost a retrain, never a reuse
 DATASET_FIELDS = ("name", "digest", "source_type", "source", "profile", "context")  # an input
+DUPLICATE_ROW = ("UNIQUE constraint failed", "duplicate key value")  # sqlite, PostgreSQL
 
 
 class Tracker:
@@ -252,11 +253,23 @@ def send_record(client: RetryingClient, run_id: str, kind: str, body: Any) -> No
     elif kind == "artifact":
         client.log_artifact(run_id, body["path"], body["folder"])
     elif kind == "inputs":
-        client.log_inputs(run_id, datasets=[_dataset_input(dataset) for dataset in body])
+        _log_inputs(client, run_id, [_dataset_input(dataset) for dataset in body])
     elif kind == "end":
         client.set_terminated(run_id, body)
     else:
         raise ValueError(f"unknown record {kind!r}")
+
+
+def _log_inputs(client: RetryingClient, run_id: str, datasets: list) -> None:
+    """Two runs that log the same new dataset at once (parallel sweep workers, one store)
+    both find it missing and both insert it: the store refuses the second insert and rolls
+    its call back. Tried again, that call finds the dataset and links it to its run."""
+    try:
+        client.log_inputs(run_id, datasets=datasets)
+    except Exception as error:
+        if not any(words in str(error) for words in DUPLICATE_ROW):
+            raise
+        client.log_inputs(run_id, datasets=datasets)
 
 
 def write_unsent(folder: Path, header: dict[str, str], records: list[dict[str, Any]]) -> Path:
