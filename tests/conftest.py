@@ -98,12 +98,14 @@ def multirun(
         client.create_experiment(experiment, artifact_location=str(tmp_path / "artifacts"))
     monkeypatch.delenv(PARENT_RUN_ENV, raising=False)  # and unset again whatever happens
 
-    def run(*overrides: str) -> int:
+    def run(*overrides: str, config_name: str = "train") -> int:
         monkeypatch.setattr(
             sys,
             "argv",
             [
                 "transferlab-train",
+                "-cn",
+                config_name,
                 "-m",
                 *FAST,
                 f"tracking.uri='{tracking_uri}'",

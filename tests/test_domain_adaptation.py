@@ -212,3 +212,32 @@ def test_lora_with_dann_checkpoints_the_discriminator_beside_the_adapter(
     assert any(key.startswith("adaptation.discriminator.") for key in saved)
     assert any("lora_" in key for key in saved)
     assert "backbone.network.conv_proj.weight" not in saved  # the frozen base: by its sha256
+
+
+def test_a_swept_study_group_is_recorded_and_names_the_report_s_bars(
+    multirun, runs, adaptation, client, tmp_path
+):
+    """experiments/domain_method is the study's own config group: swept, each run records
+    its choice as a param, and the report's bars are named by it alone (dataset and adapt
+    follow from it), the declared source-only baseline marked."""
+    from transferlab.report_plots import write_plots
+    from transferlab.report_study import build_study, select_runs
+
+    code = multirun(  # the shipped study, as it declares its figure, on 2 methods x 2 seeds
+        *[o for o in adaptation if not o.startswith("dataset=")],  # domain_method sets it
+        "domain_method=source_only,mmd",
+        "seed=0,1",
+        config_name="domain_adaptation",
+    )
+    assert code == 0
+    found = runs()
+    (parent,) = [r for r in found if r.data.tags["transferlab.role"] == "sweep"]
+    jobs = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    recorded = sorted(r.data.params["domain_method"] for r in jobs)
+    assert recorded == ["mmd", "mmd", "source_only", "source_only"]
+    title, selected, _ = select_runs(client, parent.info.run_id)
+    bars, _ = (drawn.data for drawn in write_plots(client, build_study(title, selected), tmp_path))
+    assert {s.label: (s.baseline, s.points[0].n) for s in bars.series} == {
+        "source_only": (True, 2),
+        "mmd": (False, 2),
+    }

@@ -9,14 +9,13 @@ No matplotlib here (report_plots draws): the tests check these numbers against t
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from transferlab.errors import UserError, one_of
-from transferlab.objective import GROUPS, lower_is_better, objective_value
-from transferlab.report_study import RunRow, Study
+from transferlab.objective import GROUPS, lower_is_better, objective_value, overrides_as_params
+from transferlab.report_study import RunRow, Study, mean_std, seed_groups
 from transferlab.tracking.sweep import short_keys, short_value
 
 KINDS = ("auto", "curve", "bars")
@@ -101,10 +100,10 @@ class FigureSpec:
 
 def _setting(text: str) -> dict[str, str]:
     """`freeze=lora,head=mlp` as {key: value}."""
-    pairs = [pair.partition("=") for pair in text.split(",")]
-    if any(not key or not sep for key, sep, _ in pairs):
+    pairs = text.split(",")
+    if any(not pair.partition("=")[0] or "=" not in pair for pair in pairs):
         raise UserError(f"--compare {text}: use scratch or KEY=VALUE[,KEY=VALUE]")
-    return {key: value for key, _, value in pairs}
+    return overrides_as_params(pairs)
 
 
 def _fields() -> list[str]:
@@ -147,12 +146,12 @@ class Point:
 
     @property
     def mean(self) -> float:
-        return statistics.mean(self.values)
+        return mean_std(list(self.values))[0]
 
     @property
     def std(self) -> float:
         """Sample std over the seeds; 0 for a single seed (drawn without an error bar)."""
-        return statistics.stdev(self.values) if self.n > 1 else 0.0
+        return mean_std(list(self.values))[1] or 0.0
 
 
 @dataclass(frozen=True)
@@ -280,8 +279,9 @@ def setting_label(row: RunRow, columns: list[str], short: bool = True) -> str:
     return " ".join(f"{keys[c]}={v}" for c, v in zip(columns, values, strict=True))
 
 
-def _is_baseline(row: RunRow, compare: FigureSpec | None) -> bool:
-    wanted = compare.compare if compare is not None else None
+def _is_baseline(row: RunRow, spec: FigureSpec) -> bool:
+    """Whether the run is of the baseline setting `report.compare` names."""
+    wanted = spec.compare
     return isinstance(wanted, Mapping) and all(
         row.params.get(k) == str(v) for k, v in wanted.items()
     )
@@ -426,8 +426,6 @@ def _cost_metric(spec: FigureSpec, rows: list[RunRow]) -> str | None:
 def val_curves(study: Study, histories: Mapping[str, list[tuple[int, float]]]) -> FigureData:
     """Validation accuracy per epoch, mean ± std over the seeds of each setting: the best
     MAX_VAL_CURVES settings by the objective. `histories`: run id -> (epoch, val/acc)."""
-    from transferlab.report_study import seed_groups
-
     columns = label_columns(study)
     groups = seed_groups(study)
     series = []

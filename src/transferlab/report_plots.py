@@ -192,7 +192,9 @@ def _draw_bars(figure: FigureData, palette: Palette):
     axes[0][0].set_yticks(
         list(rows.values()), [f"{s.label} (n={s.points[0].n})" for s in figure.series]
     )
-    axes[0][0].set(xlabel=figure.x_label, title=figure.title if panels == 1 else None)
+    axes[0][0].set(
+        xlabel=figure.x_label, ylabel=figure.y_label, title=figure.title if panels == 1 else None
+    )
     if panels == 2:
         _bar_panel(axes[0][1], figure.cost, rows, palette)
         axes[0][1].set(xlabel=figure.cost_label)
